@@ -1,0 +1,19 @@
+"""The NumPy engine: layers, activations, losses, initialisers, optimizers.
+
+Plain NumPy (and SciPy for L-BFGS), no scikit-learn: a reader can follow each
+layer's forward and backward pass with a pen.
+"""
+
+from .activations import ACTIVATIONS, DERIVATIVES
+from .initializers import INITIALIZERS, glorot_uniform, he_normal
+from .layers import Dense, Dropout, Layer
+from .losses import LOSSES, binary_cross_entropy, log_softmax, sigmoid, softmax, softmax_cross_entropy
+from .network import PREDICT_CHUNK, Network
+from .optimizers import SGD, Adam, StochasticOptimizer, minimize_lbfgs
+
+__all__ = [
+    "ACTIVATIONS", "DERIVATIVES", "INITIALIZERS", "LOSSES", "PREDICT_CHUNK",
+    "Adam", "Dense", "Dropout", "Layer", "Network", "SGD", "StochasticOptimizer",
+    "binary_cross_entropy", "glorot_uniform", "he_normal", "log_softmax",
+    "minimize_lbfgs", "sigmoid", "softmax", "softmax_cross_entropy",
+]

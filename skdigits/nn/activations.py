@@ -1,0 +1,69 @@
+"""Hidden-layer activations and their derivatives, applied in place.
+
+Each activation overwrites its argument (the pre-activation ``Z``) with
+``f(Z)``.  Each derivative takes the *output* ``A = f(Z)`` and multiplies the
+incoming gradient ``delta`` (d loss / d A) in place by ``f'(Z)``, so that
+``delta`` becomes d loss / d Z.  Expressing ``f'`` through ``A`` lets a layer
+keep one buffer per batch instead of two.
+"""
+
+import numpy as np
+
+
+def identity(Z):
+    """``f(z) = z``: nothing to do."""
+    return Z
+
+
+def logistic(Z):
+    """``f(z) = 1 / (1 + exp(-z))``, computed without overflow."""
+    # exp(-|z|) never overflows; the two branches of the sigmoid share it.
+    E = np.exp(-np.abs(Z))
+    positive = Z >= 0
+    np.divide(1.0, 1.0 + E, out=Z, where=positive)
+    np.divide(E, 1.0 + E, out=Z, where=~positive)
+    return Z
+
+
+def tanh(Z):
+    """``f(z) = tanh(z)``."""
+    return np.tanh(Z, out=Z)
+
+
+def relu(Z):
+    """``f(z) = max(z, 0)``."""
+    return np.maximum(Z, 0, out=Z)
+
+
+def identity_derivative(A, delta):
+    """``f'(z) = 1``."""
+    return delta
+
+
+def logistic_derivative(A, delta):
+    """``f'(z) = a (1 - a)``."""
+    delta *= A
+    delta *= 1 - A
+    return delta
+
+
+def tanh_derivative(A, delta):
+    """``f'(z) = 1 - a**2``."""
+    delta *= 1 - A**2
+    return delta
+
+
+def relu_derivative(A, delta):
+    """``f'(z) = 1 if z > 0 else 0``; ``a == 0`` exactly where ``z <= 0``."""
+    delta[A <= 0] = 0
+    return delta
+
+
+ACTIVATIONS = {"identity": identity, "logistic": logistic, "tanh": tanh, "relu": relu}
+
+DERIVATIVES = {
+    "identity": identity_derivative,
+    "logistic": logistic_derivative,
+    "tanh": tanh_derivative,
+    "relu": relu_derivative,
+}

@@ -1,0 +1,153 @@
+"""Layers of a feed-forward network: each ``forward`` beside its ``backward``.
+
+A layer sees one mini-batch at a time.  Shapes are written per batch: ``n``
+is the number of samples.  Parameters are not owned by the layer: the
+:class:`~skdigits.nn.network.Network` allocates one flat buffer for all of
+them (so the optimizer updates everything in a few vectorised passes) and
+hands each layer views into it with :meth:`Layer.bind`.
+
+In training mode a layer keeps what its backward pass needs and reuses its
+output buffers between batches of the same size.  In inference mode it
+allocates fresh arrays and keeps nothing, so one fitted network can predict
+from several threads at once.
+"""
+
+import numpy as np
+
+from .activations import ACTIVATIONS, DERIVATIVES
+
+
+class Layer:
+    """Base class: a differentiable map from (n, *input_shape) to (n, *output_shape).
+
+    Subclasses implement :meth:`build`, :meth:`forward` and :meth:`backward`,
+    and list their parameters in :meth:`param_specs`.
+    """
+
+    def __getstate__(self):
+        # Parameter views and batch caches are re-created by Network on load.
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("params", "grads") and not k.startswith("_")}
+
+    def build(self, input_shape, dtype):
+        """Fix the per-sample input shape and return the per-sample output shape."""
+        self.input_shape = tuple(input_shape)
+        self.dtype = np.dtype(dtype)
+        self._buffers = {}
+        return self.input_shape
+
+    def param_specs(self):
+        """List of ``(name, shape, penalized)``; penalized ones get the L2 term."""
+        return []
+
+    def multiply_adds(self):
+        """Multiply-adds of the forward pass for one sample (after build)."""
+        return 0
+
+    def bind(self, params, grads):
+        """Receive dicts name -> view into the network's flat buffers."""
+        self.params = params
+        self.grads = grads
+
+    def initial_params(self, random_state, initializer, activation):
+        """Return a dict name -> initial value (empty for parameter-free layers)."""
+        return {}
+
+    def forward(self, X, training=False):
+        raise NotImplementedError
+
+    def backward(self, dY, need_input_grad=True):
+        raise NotImplementedError
+
+    def _buffer(self, key, shape):
+        # Reused between batches of one size; only used in training mode.
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[key] = np.empty(shape, dtype=self.dtype)
+        return buf
+
+
+class Dense(Layer):
+    """Fully connected layer with a fused activation: ``A = f(X @ W + b)``.
+
+    Parameters
+    ----------
+    units : int
+        Number of outputs.
+    activation : {'identity', 'logistic', 'tanh', 'relu'}
+        ``f``; the output layer uses 'identity' and lets the loss apply
+        softmax or the logistic function.
+
+    Shapes: X (n, n_in), W (n_in, units), b (units,), A (n, units).
+    """
+
+    def __init__(self, units, activation="identity"):
+        self.units = int(units)
+        self.activation = activation
+
+    def build(self, input_shape, dtype):
+        super().build(input_shape, dtype)
+        (self.n_in,) = self.input_shape
+        return (self.units,)
+
+    def param_specs(self):
+        return [("W", (self.n_in, self.units), True), ("b", (self.units,), False)]
+
+    def multiply_adds(self):
+        return self.n_in * self.units
+
+    def initial_params(self, random_state, initializer, activation):
+        W, b = initializer(random_state, self.n_in, self.units, (self.n_in, self.units), activation)
+        return {"W": W, "b": b}
+
+    def forward(self, X, training=False):
+        W, b = self.params["W"], self.params["b"]
+        if training:
+            A = np.matmul(X, W, out=self._buffer("A", (X.shape[0], self.units)))
+        else:
+            A = X @ W
+        A += b
+        ACTIVATIONS[self.activation](A)
+        if training:
+            self._X, self._A = X, A
+        return A
+
+    def backward(self, dA, need_input_grad=True):
+        """dA: d loss / d A (n, units), overwritten.  Returns d loss / d X."""
+        dZ = DERIVATIVES[self.activation](self._A, dA)
+        np.matmul(self._X.T, dZ, out=self.grads["W"])
+        np.sum(dZ, axis=0, out=self.grads["b"])
+        if not need_input_grad:
+            return None
+        return np.matmul(dZ, self.params["W"].T, out=self._buffer("dX", self._X.shape))
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each input with probability ``rate``
+    and scale the survivors by ``1 / (1 - rate)``; the identity at inference.
+
+    Shapes: X and output (n, *shape).  ``rng`` is a ``numpy.random.Generator``
+    given by the network.
+    """
+
+    def __init__(self, rate):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"Dropout rate must be in [0, 1), got {rate!r}.")
+        self.rate = float(rate)
+        self.rng = None
+
+    def forward(self, X, training=False):
+        if not training or self.rate == 0.0:
+            return X
+        mask = self._buffer("mask", X.shape)
+        self.rng.random(out=mask)
+        keep = mask >= self.rate
+        scale = self.dtype.type(1.0 / (1.0 - self.rate))
+        np.multiply(keep, scale, out=mask)
+        return np.multiply(X, mask, out=self._buffer("Y", X.shape))
+
+    def backward(self, dY, need_input_grad=True):
+        if self.rate == 0.0:
+            return dY
+        dY *= self._buffers["mask"]
+        return dY

@@ -1,0 +1,168 @@
+"""A feed-forward network over one flat parameter buffer.
+
+All parameters live in ``Network.params`` (1-D), penalized weights first and
+biases after, and all gradients in ``Network.grads`` with the same layout.
+Layers hold views into both.  An optimizer therefore updates the whole
+network in a handful of vectorised passes, L-BFGS sees the vector it wants,
+and a snapshot of the model (early stopping, interrupted fits) is one copy.
+"""
+
+import numpy as np
+
+from .initializers import INITIALIZERS
+from .layers import Dropout
+from .losses import LOG_OUTPUT_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
+
+#: Rows per forward pass at inference.  Every chunk is padded to exactly this
+#: many rows so BLAS always runs the same kernel on the same shapes: a row's
+#: prediction then does not depend on which rows share its call.
+PREDICT_CHUNK = 256
+
+
+class Network:
+    """A stack of layers ending in logits, with an output function and loss.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        Applied in order; the last one outputs logits (n, n_outputs).
+    output : {'softmax', 'logistic'}
+        Output function fused with its cross-entropy loss.
+    dtype : {'float32', 'float64'}
+        Dtype of parameters and of all computation.
+    """
+
+    def __init__(self, layers, output, dtype="float32"):
+        self.layers = list(layers)
+        self.output = output
+        self.dtype = np.dtype(dtype)
+
+    # ----------------------------------------------------------- construction
+    def multiply_adds(self, input_shape):
+        """Forward multiply-adds per sample for per-sample ``input_shape``."""
+        shape, total = tuple(input_shape), 0
+        for layer in self.layers:
+            shape = layer.build(shape, self.dtype)
+            total += layer.multiply_adds()
+        return total
+
+    def build(self, input_shape, random_state, init="glorot", activation="relu", seed=None):
+        """Allocate and initialise the parameters for per-sample ``input_shape``.
+
+        ``random_state`` (a ``numpy.random.RandomState``) draws the initial
+        weights layer by layer; ``seed`` seeds the Generator used by dropout.
+        """
+        shape = tuple(input_shape)
+        specs = []
+        for layer in self.layers:
+            shape = layer.build(shape, self.dtype)
+            specs.append(layer.param_specs())
+        self.output_shape = shape
+
+        # Penalized parameters first: the L2 term is then one slice.
+        order = [(i, s) for penalized in (True, False)
+                 for i, layer_specs in enumerate(specs)
+                 for s in layer_specs if s[2] == penalized]
+        sizes = [int(np.prod(spec[1])) for _, spec in order]
+        self.n_params = sum(sizes)
+        self.n_penalized = sum(size for (_, spec), size in zip(order, sizes) if spec[2])
+        self.params = np.zeros(self.n_params, dtype=self.dtype)
+        self.grads = np.zeros(self.n_params, dtype=self.dtype)
+
+        self._layout, offset = [], 0
+        for (i, (name, pshape, _)), size in zip(order, sizes):
+            self._layout.append((i, name, pshape, offset, size))
+            offset += size
+        self.input_shape = tuple(input_shape)
+        self._bind()
+
+        initializer = INITIALIZERS[init]
+        rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            for name, value in layer.initial_params(random_state, initializer, activation).items():
+                layer.params[name][...] = value
+            if isinstance(layer, Dropout):
+                layer.rng = rng
+        return self
+
+    def _bind(self):
+        """Give every layer its views into the flat parameter and gradient buffers."""
+        views = [({}, {}) for _ in self.layers]
+        for i, name, pshape, offset, size in self._layout:
+            views[i][0][name] = self.params[offset:offset + size].reshape(pshape)
+            views[i][1][name] = self.grads[offset:offset + size].reshape(pshape)
+        for layer, (params, grads) in zip(self.layers, views):
+            layer.bind(params, grads)
+
+    def __setstate__(self, state):
+        # Views do not survive pickling (each would come back as its own
+        # copy), so layers are re-built and re-bound to the restored buffers.
+        self.__dict__.update(state)
+        if "_layout" in state:
+            shape = self.input_shape
+            for layer in self.layers:
+                shape = layer.build(shape, self.dtype)
+            self._bind()
+
+    def parameter_arrays(self, name):
+        """Views of parameter ``name`` ('W' or 'b') for every layer that has one."""
+        return [layer.params[name] for layer in self.layers if name in getattr(layer, "params", {})]
+
+    # ------------------------------------------------------------ computation
+    def forward(self, X, training=False):
+        """Logits (n, n_outputs) for a dense batch X (n, *input_shape)."""
+        out = X
+        for layer in self.layers:
+            out = layer.forward(out, training=training)
+        return out
+
+    def backward(self, d_logits):
+        """Fill ``self.grads`` (without the L2 term) from d loss / d logits."""
+        delta = d_logits
+        for i in range(len(self.layers) - 1, -1, -1):
+            delta = self.layers[i].backward(delta, need_input_grad=i > 0)
+
+    def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None):
+        """Mean (weighted) loss with L2 penalty on batch (X, Y); fills ``self.grads``.
+
+        The penalty is ``0.5 * alpha * ||W||^2 / weight_sum``, as in
+        scikit-learn's MLP, so ``alpha`` means the same for any batch size.
+        """
+        if weight_sum is None:
+            weight_sum = X.shape[0] if weights is None else float(np.sum(weights))
+        logits = self.forward(X, training=True)
+        d_logits = self.layers[-1]._buffer("d_logits", logits.shape)
+        loss, d_logits = LOSSES[self.output](logits, Y, weights, d_logits, weight_sum)
+        self.backward(d_logits)
+        if alpha:
+            W = self.params[:self.n_penalized]
+            loss += 0.5 * alpha * float(np.dot(W, W)) / weight_sum
+            self.grads[:self.n_penalized] += self.dtype.type(alpha / weight_sum) * W
+        return loss
+
+    def predict_logits(self, X, to_dense=None):
+        """Logits for all rows of X, computed in padded chunks of PREDICT_CHUNK rows.
+
+        ``to_dense`` converts a slice of X (e.g. a sparse matrix) to an array.
+        """
+        n = X.shape[0]
+        logits = np.empty((n,) + self.output_shape, dtype=self.dtype)
+        chunk = np.zeros((PREDICT_CHUNK,) + X.shape[1:], dtype=self.dtype)
+        for start in range(0, n, PREDICT_CHUNK):
+            stop = min(start + PREDICT_CHUNK, n)
+            part = X[start:stop]
+            chunk[: stop - start] = part if to_dense is None else to_dense(part)
+            if stop - start < PREDICT_CHUNK:
+                chunk[stop - start:] = 0
+            logits[start:stop] = self.forward(chunk)[: stop - start]
+        return logits
+
+    def predict_proba(self, X, to_dense=None):
+        """Output probabilities in float64 (n, n_outputs)."""
+        logits = self.predict_logits(X, to_dense).astype(np.float64)
+        return OUTPUT_ACTIVATIONS[self.output](logits, out=logits)
+
+    def predict_log_proba(self, X, to_dense=None):
+        """Log of :meth:`predict_proba`, computed from the logits (never log(0))."""
+        logits = self.predict_logits(X, to_dense).astype(np.float64)
+        return LOG_OUTPUT_ACTIVATIONS[self.output](logits)

@@ -1,0 +1,341 @@
+"""The training loop shared by every estimator: batching, shuffling, early
+stopping, learning-rate schedules, epoch callbacks, divergence and Ctrl-C.
+
+It drives an engine :class:`~skdigits.nn.Network` and optimizer and knows
+nothing of scikit-learn: estimators prepare arrays and a validation scorer,
+then hand over.  What happened is recorded in a :class:`TrainingHistory`,
+plain data that survives between ``partial_fit`` calls and that callbacks and
+plots read.
+"""
+
+import signal
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .nn.optimizers import minimize_lbfgs
+
+
+class TrainingDiverged(ValueError):
+    """Training produced a non-finite loss; the model keeps its last finite weights."""
+
+
+@dataclass
+class TrainingHistory:
+    """What training did, epoch by epoch; scikit-learn's fitted attributes read it."""
+
+    loss_curve: list = field(default_factory=list)
+    validation_scores: list | None = None
+    best_loss: float | None = np.inf
+    best_validation_score: float | None = None
+    no_improvement_count: int = 0
+    n_iter: int = 0
+    t: int = 0
+    epoch_seconds: list = field(default_factory=list)
+    interrupted: bool = False
+    stop_reason: str = ""
+
+
+class BatchSource:
+    """Gathers mini-batches of (X, Y, weights) by row index into reused buffers.
+
+    X stays as the caller gave it (dense of any float dtype, or a scipy sparse
+    matrix); only one batch at a time is cast to the compute dtype, so memory
+    grows by a batch, never by a copy of X.
+
+    Parameters
+    ----------
+    X : ndarray or sparse matrix (n, n_features)
+    Y : ndarray (n, n_outputs)
+        Targets as 0/1 indicators.
+    weights : ndarray (n,) or None
+    dtype : numpy dtype
+        Compute dtype of the network.
+    input_shape : tuple
+        Per-sample shape the network expects; batches are reshaped (a view).
+    rows : ndarray of int, optional
+        The rows of X that make up this data set (e.g. the training split).
+    """
+
+    def __init__(self, X, Y, weights, dtype, input_shape, rows=None):
+        self.X, self.Y, self.weights = X, Y, weights
+        self.dtype = np.dtype(dtype)
+        self.input_shape = tuple(input_shape)
+        self.rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
+        self.sparse = hasattr(X, "toarray")
+        self._X_buf = self._Y_buf = None
+
+    def __len__(self):
+        return len(self.rows)
+
+    def weight_sum(self, positions=None):
+        if self.weights is None:
+            return len(self.rows) if positions is None else len(positions)
+        rows = self.rows if positions is None else self.rows[positions]
+        return float(self.weights[rows].sum())
+
+    def gather(self, positions):
+        """Batch for ``positions`` (indices into ``rows``): (X, Y, weights)."""
+        rows = self.rows[positions]
+        k = len(rows)
+        if self._X_buf is None or self._X_buf.shape[0] < k:
+            self._X_buf = np.empty((k, self.X.shape[1]), dtype=self.dtype)
+            self._Y_buf = np.empty((k, self.Y.shape[1]), dtype=self.dtype)
+        Xb, Yb = self._X_buf[:k], self._Y_buf[:k]
+        if self.sparse:
+            Xb[...] = self.X[rows].toarray()
+        elif self.X.dtype == self.dtype:
+            np.take(self.X, rows, axis=0, out=Xb)
+        else:
+            Xb[...] = self.X[rows]
+        Yb[...] = self.Y[rows]
+        wb = None if self.weights is None else self.weights[rows]
+        return Xb.reshape((k,) + self.input_shape), Yb, wb
+
+
+class _InterruptFlag:
+    """Turns the first Ctrl-C during training into a request to stop at the
+    next batch boundary (weights are never left half-updated); a second Ctrl-C
+    interrupts at once.  Outside the main thread, signals cannot be caught,
+    and a KeyboardInterrupt is handled where it lands."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+            except ValueError:  # e.g. an embedded interpreter without signals
+                self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _divergence_error(epoch, loss, learning_rate=None):
+    if learning_rate is None:
+        cause = "The inputs are probably too large; scale them (e.g. with StandardScaler)."
+    else:
+        cause = (f"The learning rate (learning_rate_init={learning_rate:g}) is probably "
+                 "too large for this data; lower it, or scale the inputs (e.g. with "
+                 "StandardScaler).")
+    return TrainingDiverged(
+        f"Training diverged at epoch {epoch}: the loss became {loss}. {cause} "
+        "The model keeps its last finite weights."
+    )
+
+
+def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffle,
+                     random_state, tol, n_iter_no_change, alpha, history,
+                     validation_score=None, incremental=False, verbose=False,
+                     epoch_callbacks=()):
+    """Run mini-batch epochs of ``optimizer`` on ``network`` over ``source``.
+
+    Parameters
+    ----------
+    network : skdigits.nn.Network
+    optimizer : skdigits.nn.StochasticOptimizer
+        Updates ``network.params``.
+    source : BatchSource
+    batch_size : int
+    max_iter : int
+        Maximum number of epochs (one epoch if ``incremental``).
+    shuffle : bool
+        Reshuffle the sample order every epoch with ``random_state``.
+    random_state : numpy.random.RandomState
+    tol, n_iter_no_change :
+        Stop (or, for the adaptive schedule, divide the learning rate by 5)
+        when the training loss, or the validation score with early stopping,
+        has not improved by ``tol`` for ``n_iter_no_change`` epochs.
+    alpha : float
+        L2 penalty.
+    history : TrainingHistory
+        Updated in place; carries state across ``partial_fit`` calls.
+    validation_score : callable, optional
+        ``() -> float``, the score of the current weights on held-out data.
+        When given, early stopping is on and the best weights are restored.
+    incremental : bool
+        One epoch, no convergence warning (``partial_fit``).
+    epoch_callbacks : sequence of callables
+        ``callback(history) -> bool``; True stops training after this epoch.
+
+    Returns
+    -------
+    converged : bool
+        False when ``max_iter`` was reached without meeting the stopping rule.
+    """
+    import time
+
+    n = len(source)
+    order = np.arange(n)
+    early_stopping = validation_score is not None
+    best_params = network.params.copy() if early_stopping else None
+    if early_stopping and history.validation_scores is None:
+        history.validation_scores, history.best_validation_score = [], -np.inf
+        history.best_loss = None
+    converged = False
+    with _InterruptFlag() as interrupt:
+        try:
+            for _ in range(max_iter):
+                started = time.perf_counter()
+                epoch_start_params = network.params.copy()
+                if shuffle:
+                    permutation = np.arange(n)
+                    random_state.shuffle(permutation)
+                    order = order[permutation]
+                accumulated = 0.0
+                for start in range(0, n, batch_size):
+                    positions = order[start:start + batch_size]
+                    Xb, Yb, wb = source.gather(positions)
+                    loss = network.loss_and_gradient(Xb, Yb, wb, alpha)
+                    if not np.isfinite(loss):
+                        network.params[...] = epoch_start_params
+                        raise _divergence_error(history.n_iter + 1, loss,
+                                                optimizer.learning_rate_init)
+                    optimizer.step(network.grads)
+                    accumulated += loss * len(positions)
+                    if interrupt.requested:
+                        break
+                if interrupt.requested:
+                    history.interrupted = True
+                    history.stop_reason = "interrupted"
+                    warnings.warn("Training interrupted by user.")
+                    break
+
+                history.n_iter += 1
+                history.t += n
+                history.loss_curve.append(accumulated / n)
+                history.epoch_seconds.append(time.perf_counter() - started)
+                if verbose:
+                    print("Iteration %d, loss = %.8f" % (history.n_iter, history.loss_curve[-1]))
+
+                if early_stopping:
+                    score = float(validation_score())
+                    history.validation_scores.append(score)
+                    if verbose:
+                        print("Validation score: %f" % score)
+                    if score < history.best_validation_score + tol:
+                        history.no_improvement_count += 1
+                    else:
+                        history.no_improvement_count = 0
+                    if score > history.best_validation_score:
+                        history.best_validation_score = score
+                        best_params[...] = network.params
+                else:
+                    last = history.loss_curve[-1]
+                    if last > history.best_loss - tol:
+                        history.no_improvement_count += 1
+                    else:
+                        history.no_improvement_count = 0
+                    history.best_loss = min(history.best_loss, last)
+
+                optimizer.iteration_ends(history.t)
+
+                if history.no_improvement_count > n_iter_no_change:
+                    what = "Validation score" if early_stopping else "Training loss"
+                    msg = (f"{what} did not improve more than tol={tol:f} for "
+                           f"{n_iter_no_change} consecutive epochs.")
+                    if optimizer.trigger_stopping(msg, verbose):
+                        converged = True
+                        history.stop_reason = "converged"
+                        break
+                    history.no_improvement_count = 0
+
+                if any(callback(history) for callback in epoch_callbacks):
+                    history.stop_reason = "callback"
+                    converged = True
+                    break
+                if incremental:
+                    converged = True
+                    break
+        except KeyboardInterrupt:
+            # A second Ctrl-C, or one outside the main thread: the batch in
+            # flight may be half applied, so go back to the epoch's start.
+            network.params[...] = epoch_start_params
+            history.interrupted = True
+            history.stop_reason = "interrupted"
+            warnings.warn("Training interrupted by user.")
+    if early_stopping and np.isfinite(history.best_validation_score):
+        network.params[...] = best_params
+    return converged or history.interrupted
+
+
+def full_batch_objective(network, source, alpha, chunk_rows=4096):
+    """``params -> (loss, grad)`` over all of ``source``, for L-BFGS.
+
+    Rows are processed ``chunk_rows`` at a time (memory stays at one chunk's
+    activations) and gradients are accumulated in float64.
+    """
+    total_weight = source.weight_sum()
+    n = len(source)
+    grad_sum = np.empty(network.n_params, dtype=np.float64)
+
+    def objective(x):
+        network.params[...] = x
+        grad_sum[...] = 0.0
+        loss = 0.0
+        for start in range(0, n, chunk_rows):
+            Xb, Yb, wb = source.gather(np.arange(start, min(start + chunk_rows, n)))
+            loss += network.loss_and_gradient(Xb, Yb, wb, 0.0, weight_sum=total_weight)
+            grad_sum += network.grads
+        W = x[:network.n_penalized]
+        loss += 0.5 * alpha * float(np.dot(W, W)) / total_weight
+        grad_sum[:network.n_penalized] += (alpha / total_weight) * W
+        return loss, grad_sum.copy()
+
+    return objective
+
+
+def train_lbfgs(network, source, *, alpha, max_iter, max_fun, tol, history, verbose=False):
+    """Fit ``network`` with scipy's L-BFGS-B on the full batch.
+
+    Returns the scipy ``OptimizeResult``.  The network ends on the best
+    parameters evaluated; Ctrl-C stops with those too.
+    """
+    objective = full_batch_objective(network, source, alpha)
+    best = {"loss": np.inf, "x": network.params.astype(np.float64)}
+
+    def tracked(x):
+        loss, grad = objective(x)
+        if not np.isfinite(loss):
+            raise _divergence_error(len(history.loss_curve) + 1, loss)
+        if loss < best["loss"]:
+            best["loss"], best["x"] = loss, np.array(x, dtype=np.float64)
+        return loss, grad
+
+    def on_iteration(intermediate_result):
+        history.loss_curve.append(float(intermediate_result.fun))
+        if verbose:
+            print("Iteration %d, loss = %.8f" % (len(history.loss_curve), history.loss_curve[-1]))
+
+    result = None
+    with _InterruptFlag() as interrupt:
+        def guarded(x):
+            if interrupt.requested:
+                raise KeyboardInterrupt
+            return tracked(x)
+
+        try:
+            result = minimize_lbfgs(guarded, network.params, max_iter=max_iter,
+                                    max_fun=max_fun, tol=tol, callback=on_iteration)
+        except KeyboardInterrupt:
+            history.interrupted = True
+            history.stop_reason = "interrupted"
+            warnings.warn("Training interrupted by user.")
+        except TrainingDiverged:
+            network.params[...] = best["x"]
+            raise
+    network.params[...] = best["x"] if result is None else result.x
+    return result

@@ -1,0 +1,29 @@
+"""scikit-learn's estimator checks over every estimator skdigits exports,
+with no expected failures."""
+
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import skdigits
+
+
+def _exported_estimators():
+    from sklearn.base import BaseEstimator
+
+    for name in skdigits.__all__:
+        obj = getattr(skdigits, name)
+        if isinstance(obj, type) and issubclass(obj, BaseEstimator):
+            yield obj()
+
+
+ESTIMATORS = list(_exported_estimators())
+
+
+def test_every_exported_estimator_is_checked():
+    names = {type(e).__name__ for e in ESTIMATORS}
+    assert "NumpyMLPClassifier" in names
+
+
+@parametrize_with_checks(ESTIMATORS)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
