@@ -1,0 +1,7 @@
+"""``python -m skdigits`` is the ``skdigits`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
