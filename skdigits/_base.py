@@ -22,6 +22,15 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from .nn import SGD, Adam
 from .training import BatchSource, TrainingHistory, train_lbfgs, train_stochastic
 
+try:  # scikit-learn >= 1.9: progress bars and monitors through sklearn.callback
+    from sklearn.callback import CallbackSupportMixin, with_callbacks
+except ImportError:  # older scikit-learn: the estimators work without callbacks
+    class CallbackSupportMixin:
+        pass
+
+    def with_callbacks(method):
+        return method
+
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 
 #: With dtype='auto', networks doing at least this many multiply-adds per
@@ -35,7 +44,7 @@ def _dense_rows(part):
     return part.toarray() if hasattr(part, "toarray") else part
 
 
-class BaseNetClassifier(ClassifierMixin, BaseEstimator):
+class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     """Base class for the network classifiers.  Not for direct use."""
 
     _parameter_constraints: dict = {
@@ -237,11 +246,19 @@ class BaseNetClassifier(ClassifierMixin, BaseEstimator):
                 f"({self._architecture_} -> {self._architecture(X.shape[1])}); refit with "
                 "warm_start=False."
             )
+        self._callback_ctx = None
+        if hasattr(self, "_init_callback_context") and not incremental:
+            self._callback_ctx = self._init_callback_context(max_subtasks=self.max_iter)
+            self._callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y)
         if self.solver in _STOCHASTIC_SOLVERS:
             self._fit_stochastic(X, y, Y, weights, incremental)
         else:
-            self._fit_lbfgs(X, Y, weights)
+            self._fit_lbfgs(X, y, Y, weights)
         self._sync_history()
+        if self._callback_ctx is not None:
+            self._callback_ctx.call_on_fit_task_end(estimator=self, X=X, y=y,
+                                                    reconstruction_attributes=self._snapshot)
+        del self._callback_ctx
         if not np.all(np.isfinite(self._network.params)):
             raise ValueError("Solver produced non-finite parameter weights. Scale the "
                              "inputs or lower learning_rate_init.")
@@ -297,6 +314,7 @@ class BaseNetClassifier(ClassifierMixin, BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n_train))
 
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape, rows)
+        begin_hooks, end_hooks = self._task_hooks(X, y, "epoch")
         self._history.n_iter = 0
         converged = train_stochastic(
             self._network, self._optimizer, source, batch_size=batch_size,
@@ -304,7 +322,7 @@ class BaseNetClassifier(ClassifierMixin, BaseEstimator):
             tol=self.tol, n_iter_no_change=self.n_iter_no_change, alpha=self.alpha,
             history=self._history, validation_score=validation_score,
             incremental=incremental, verbose=self.verbose,
-            epoch_callbacks=self._epoch_callbacks(),
+            epoch_callbacks=end_hooks, on_epoch_begin=begin_hooks,
         )
         self.n_iter_ = self._history.n_iter
         if not converged and not incremental:
@@ -314,15 +332,44 @@ class BaseNetClassifier(ClassifierMixin, BaseEstimator):
                 ConvergenceWarning,
             )
 
-    def _epoch_callbacks(self):
-        return ()
+    def _snapshot(self):
+        """Fitted attributes that make a copy of this estimator predict as it is now."""
+        import copy
 
-    def _fit_lbfgs(self, X, Y, weights):
+        self._sync_history()
+        return {"_network": copy.deepcopy(self._network), "n_iter_": self._history.n_iter,
+                "loss_curve_": list(self._history.loss_curve)}
+
+    def _task_hooks(self, X, y, task_name):
+        """(begin, end) epoch hooks that report to scikit-learn callbacks."""
+        ctx = self._callback_ctx
+        if ctx is None:
+            return (), ()
+        current = {}
+
+        def begin(history):
+            current["ctx"] = ctx.subcontext(task_name=task_name)
+            current["ctx"].call_on_fit_task_begin(estimator=self, X=X, y=y)
+
+        def end(history):
+            stop = current.pop("ctx").call_on_fit_task_end(
+                estimator=self, X=X, y=y,
+                metadata={"loss": history.loss_curve[-1] if history.loss_curve else None},
+                reconstruction_attributes=self._snapshot)
+            return bool(stop)
+
+        return (begin,), (end,)
+
+    def _fit_lbfgs(self, X, y, Y, weights):
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape)
         self._history.loss_curve = []
+        begin_hooks, end_hooks = self._task_hooks(X, y, "lbfgs-iter")
+        # scipy reports an iteration once it is done: begin and end it together.
+        hooks = [lambda history: (begin_hooks[0](history), end_hooks[0](history))] \
+            if begin_hooks else []
         result = train_lbfgs(self._network, source, alpha=self.alpha, max_iter=self.max_iter,
                              max_fun=self.max_fun, tol=self.tol, history=self._history,
-                             verbose=self.verbose)
+                             verbose=self.verbose, iteration_callbacks=hooks)
         curve = self._history.loss_curve
         self._history.best_loss = min(curve) if curve else None
         if result is None:  # interrupted
@@ -341,6 +388,7 @@ class BaseNetClassifier(ClassifierMixin, BaseEstimator):
                 ConvergenceWarning,
             )
 
+    @with_callbacks
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.

@@ -140,7 +140,7 @@ def _divergence_error(epoch, loss, learning_rate=None):
 def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffle,
                      random_state, tol, n_iter_no_change, alpha, history,
                      validation_score=None, incremental=False, verbose=False,
-                     epoch_callbacks=()):
+                     epoch_callbacks=(), on_epoch_begin=()):
     """Run mini-batch epochs of ``optimizer`` on ``network`` over ``source``.
 
     Parameters
@@ -169,7 +169,9 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
     incremental : bool
         One epoch, no convergence warning (``partial_fit``).
     epoch_callbacks : sequence of callables
-        ``callback(history) -> bool``; True stops training after this epoch.
+        ``callback(history) -> bool`` after each epoch; True stops training.
+    on_epoch_begin : sequence of callables
+        ``callback(history)`` before each epoch.
 
     Returns
     -------
@@ -190,6 +192,8 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
         try:
             for _ in range(max_iter):
                 started = time.perf_counter()
+                for callback in on_epoch_begin:
+                    callback(history)
                 epoch_start_params = network.params.copy()
                 if shuffle:
                     permutation = np.arange(n)
@@ -253,7 +257,7 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                         break
                     history.no_improvement_count = 0
 
-                if any(callback(history) for callback in epoch_callbacks):
+                if any([callback(history) for callback in epoch_callbacks]):
                     history.stop_reason = "callback"
                     converged = True
                     break
@@ -289,7 +293,7 @@ def full_batch_objective(network, source, alpha, chunk_rows=4096):
         for start in range(0, n, chunk_rows):
             Xb, Yb, wb = source.gather(np.arange(start, min(start + chunk_rows, n)))
             loss += network.loss_and_gradient(Xb, Yb, wb, 0.0, weight_sum=total_weight)
-            grad_sum += network.grads
+            np.add(grad_sum, network.grads, out=grad_sum)
         W = x[:network.n_penalized]
         loss += 0.5 * alpha * float(np.dot(W, W)) / total_weight
         grad_sum[:network.n_penalized] += (alpha / total_weight) * W
@@ -298,7 +302,8 @@ def full_batch_objective(network, source, alpha, chunk_rows=4096):
     return objective
 
 
-def train_lbfgs(network, source, *, alpha, max_iter, max_fun, tol, history, verbose=False):
+def train_lbfgs(network, source, *, alpha, max_iter, max_fun, tol, history, verbose=False,
+                iteration_callbacks=()):
     """Fit ``network`` with scipy's L-BFGS-B on the full batch.
 
     Returns the scipy ``OptimizeResult``.  The network ends on the best
@@ -317,6 +322,8 @@ def train_lbfgs(network, source, *, alpha, max_iter, max_fun, tol, history, verb
 
     def on_iteration(intermediate_result):
         history.loss_curve.append(float(intermediate_result.fun))
+        for callback in iteration_callbacks:
+            callback(history)
         if verbose:
             print("Iteration %d, loss = %.8f" % (len(history.loss_curve), history.loss_curve[-1]))
 
