@@ -140,7 +140,7 @@ class Dropout(Layer):
         if not training or self.rate == 0.0:
             return X
         mask = self._buffer("mask", X.shape)
-        self.rng.random(out=mask)
+        self.rng.random(out=mask, dtype=self.dtype)
         keep = mask >= self.rate
         scale = self.dtype.type(1.0 / (1.0 - self.rate))
         np.multiply(keep, scale, out=mask)
