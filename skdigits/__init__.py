@@ -1,7 +1,14 @@
 """skdigits: from-scratch NumPy neural networks that speak scikit-learn."""
 
+from .data import ImageTransformer, load_digit_csv, load_image_folder, write_submission
 from .mlp import NumpyMLPClassifier
 
 __version__ = "0.1.0"
 
-__all__ = ["NumpyMLPClassifier"]
+__all__ = [
+    "ImageTransformer",
+    "NumpyMLPClassifier",
+    "load_digit_csv",
+    "load_image_folder",
+    "write_submission",
+]

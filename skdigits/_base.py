@@ -33,11 +33,12 @@ except ImportError:  # older scikit-learn: the estimators work without callbacks
 
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 
-#: With dtype='auto', networks doing at least this many multiply-adds per
-#: sample compute in float32.  Below it the matrix products are too small for
-#: float32's ~2x GEMM speed to show, and float64 keeps results exact (e.g. a
-#: fit with integer sample weights equals a fit on repeated rows).
-FLOAT32_MIN_MULTIPLY_ADDS = 32_768
+#: With dtype='auto', fits whose epoch takes at least this many multiply-adds
+#: (n_samples x the network's multiply-adds per sample) compute in float32.
+#: Below it an epoch takes milliseconds, float32's ~2x GEMM speed-up does not
+#: show, and float64 keeps results exact (e.g. a fit with integer sample
+#: weights equals a fit on repeated rows, as scikit-learn's checks demand).
+FLOAT32_MIN_EPOCH_MULTIPLY_ADDS = 10**8
 
 
 def _dense_rows(part):
@@ -202,7 +203,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             self.out_activation_ = "logistic"
         network, input_shape = self._make_network(n_features, self.n_outputs_,
                                                   self.out_activation_, "float64")
-        self.dtype_ = self._resolve_dtype(network, input_shape)
+        self.dtype_ = self._resolve_dtype(network, input_shape, X.shape[0])
         network.dtype = np.dtype(self.dtype_)
         uses_dropout = any(r > 0 for r in getattr(network, "dropout_rates", []))
         seed = self._random_state.randint(np.iinfo(np.int32).max) if uses_dropout else None
@@ -221,11 +222,11 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             self._history.best_loss = None
         self._optimizer = None
 
-    def _resolve_dtype(self, network, input_shape):
+    def _resolve_dtype(self, network, input_shape, n_samples):
         if self.dtype != "auto":
             return self.dtype
-        work = network.multiply_adds(input_shape)
-        return "float32" if work >= FLOAT32_MIN_MULTIPLY_ADDS else "float64"
+        work = network.multiply_adds(input_shape) * n_samples
+        return "float32" if work >= FLOAT32_MIN_EPOCH_MULTIPLY_ADDS else "float64"
 
     def _weight_init(self):
         return self.weight_init
@@ -433,24 +434,21 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         self._check_magnitude(X)
         return X
 
-    def _finite(self, values):
-        if not np.all(np.isfinite(values)):
-            bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    def _logits(self, X):
+        """Float64 logits for validated X; a clear error instead of inf/NaN outputs."""
+        logits = self._network.predict_logits(X, to_dense=_dense_rows).astype(np.float64)
+        if not np.all(np.isfinite(logits)):
+            bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
             raise ValueError(
                 f"The network's outputs overflowed for {len(bad)} row(s) (first: {bad[:5]}); "
                 "the inputs are far outside the range seen in training. Scale them the "
                 "same way as the training data."
             )
-        return values
-
-    def _proba_outputs(self, X):
-        """(n, n_outputs) probabilities from validated X."""
-        X = X.reshape((X.shape[0],) + self._input_shape) if not hasattr(X, "toarray") \
-            and len(self._input_shape) > 1 else X
-        return self._finite(self._network.predict_proba(X, to_dense=_dense_rows))
+        return logits
 
     def _predict_checked(self, X):
-        return self._label_binarizer.inverse_transform(self._proba_outputs(X))
+        return self._label_binarizer.inverse_transform(
+            self._network.probabilities(self._logits(X)))
 
     def predict(self, X):
         """Predict class labels (or a label indicator matrix for multilabel).
@@ -476,10 +474,10 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         -------
         y_prob : ndarray of shape (n_samples, n_classes)
         """
-        proba = self._proba_outputs(self._validated(X))
-        if self.n_outputs_ == 1:
-            return np.hstack([1.0 - proba, proba])
-        return proba
+        logits = self._logits(self._validated(X))
+        if self.n_outputs_ == 1:  # binary: one logistic output for the positive class
+            logits = np.hstack([-logits, logits])
+        return self._network.probabilities(logits)
 
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`, computed from the logits (no ``log(0)``).
@@ -492,15 +490,10 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         -------
         log_y_prob : ndarray of shape (n_samples, n_classes)
         """
-        X = self._validated(X)
-        Xn = X.reshape((X.shape[0],) + self._input_shape) if not hasattr(X, "toarray") \
-            and len(self._input_shape) > 1 else X
-        log_proba = self._finite(self._network.predict_log_proba(Xn, to_dense=_dense_rows))
+        logits = self._logits(self._validated(X))
         if self.n_outputs_ == 1:
-            from .nn.losses import log_sigmoid
-            logits = self._network.predict_logits(Xn, to_dense=_dense_rows).astype(np.float64)
-            return np.hstack([log_sigmoid(-logits), log_sigmoid(logits)])
-        return log_proba
+            logits = np.hstack([-logits, logits])
+        return self._network.log_probabilities(logits)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -82,10 +82,12 @@ class NumpyMLPClassifier(BaseNetClassifier):
     dtype : {'auto', 'float32', 'float64'}, default='auto'
         Dtype of the weights and of all computation.  'float32' is about twice
         as fast on large networks; 'float64' reproduces MLPClassifier to
-        rounding.  'auto' picks 'float32' when the network does at least
-        32,768 multiply-adds per sample (e.g. 784 inputs and 100 hidden units)
-        and 'float64' for smaller ones, where float32 gains nothing and would
-        cost exactness.  The choice is in ``dtype_``.
+        rounding.  'auto' picks 'float32' when an epoch takes at least 1e8
+        multiply-adds (n_samples times the network's multiply-adds per
+        sample; e.g. 1,000 MNIST digits through 784-100-10) and 'float64' for
+        smaller problems, where an epoch takes milliseconds either way and
+        float32 would only cost exactness.  It is decided on the first call
+        to ``fit`` or ``partial_fit``; the choice is in ``dtype_``.
     weight_init : {'glorot', 'he'}, default='glorot'
         'glorot' is scikit-learn's uniform Glorot initialisation (used by
         default so results line up with MLPClassifier); 'he' draws

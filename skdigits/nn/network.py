@@ -141,28 +141,30 @@ class Network:
         return loss
 
     def predict_logits(self, X, to_dense=None):
-        """Logits for all rows of X, computed in padded chunks of PREDICT_CHUNK rows.
+        """Logits for the rows of 2-D X (n, prod(input_shape)), in padded chunks.
 
-        ``to_dense`` converts a slice of X (e.g. a sparse matrix) to an array.
+        Each chunk of PREDICT_CHUNK rows is cast to the compute dtype (after
+        ``to_dense``, e.g. for a sparse matrix) and reshaped to the network's
+        input shape, so memory grows by one chunk, never by a copy of X.
         """
         n = X.shape[0]
         logits = np.empty((n,) + self.output_shape, dtype=self.dtype)
-        chunk = np.zeros((PREDICT_CHUNK,) + X.shape[1:], dtype=self.dtype)
+        chunk = np.zeros((PREDICT_CHUNK, X.shape[1]), dtype=self.dtype)
+        images = chunk.reshape((PREDICT_CHUNK,) + self.input_shape)
         for start in range(0, n, PREDICT_CHUNK):
             stop = min(start + PREDICT_CHUNK, n)
             part = X[start:stop]
             chunk[: stop - start] = part if to_dense is None else to_dense(part)
             if stop - start < PREDICT_CHUNK:
                 chunk[stop - start:] = 0
-            logits[start:stop] = self.forward(chunk)[: stop - start]
+            logits[start:stop] = self.forward(images)[: stop - start]
         return logits
 
-    def predict_proba(self, X, to_dense=None):
-        """Output probabilities in float64 (n, n_outputs)."""
-        logits = self.predict_logits(X, to_dense).astype(np.float64)
-        return OUTPUT_ACTIVATIONS[self.output](logits, out=logits)
+    def probabilities(self, logits):
+        """Output probabilities (float64) from logits."""
+        logits = np.asarray(logits, dtype=np.float64)
+        return OUTPUT_ACTIVATIONS[self.output](logits, out=np.empty_like(logits))
 
-    def predict_log_proba(self, X, to_dense=None):
-        """Log of :meth:`predict_proba`, computed from the logits (never log(0))."""
-        logits = self.predict_logits(X, to_dense).astype(np.float64)
-        return LOG_OUTPUT_ACTIVATIONS[self.output](logits)
+    def log_probabilities(self, logits):
+        """Log of :meth:`probabilities`, from the logits directly (never log(0))."""
+        return LOG_OUTPUT_ACTIVATIONS[self.output](np.asarray(logits, dtype=np.float64))
