@@ -167,13 +167,11 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                     f"{self.classes_}. 'y' has {classes}."
                 )
         Y = self._label_binarizer.transform(y).astype(bool)
-        self._check_magnitude(X)
         return X, y, Y
 
     def _check_magnitude(self, X):
         # A float64 value beyond float32's range would silently become inf.
-        compute = getattr(self, "dtype_", self.dtype)
-        if compute == "float64" or X.dtype.itemsize <= 4 and X.dtype.kind == "f":
+        if self.dtype_ == "float64" or X.dtype.itemsize <= 4 and X.dtype.kind == "f":
             return
         data = X.data if hasattr(X, "toarray") else X
         if data.size and X.dtype.kind in "fiu":
@@ -264,20 +262,24 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                 f"({self._architecture_} -> {self._architecture(X.shape[1])}); refit with "
                 "warm_start=False."
             )
+        self._check_magnitude(X)
         self._callback_ctx = None
         if hasattr(self, "_init_callback_context") and not incremental:
             self._callback_ctx = self._init_callback_context(max_subtasks=self.max_iter)
             self._callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y)
-        with self._blas_threads(self._training_batch_rows(X.shape[0])):
-            if self.solver in _STOCHASTIC_SOLVERS:
-                self._fit_stochastic(X, y, Y, weights, incremental)
-            else:
-                self._fit_lbfgs(X, y, Y, weights)
-        self._sync_history()
-        if self._callback_ctx is not None:
-            self._callback_ctx.call_on_fit_task_end(estimator=self, X=X, y=y,
-                                                    reconstruction_attributes=self._snapshot)
-        del self._callback_ctx
+        try:
+            with self._blas_threads(self._training_batch_rows(X.shape[0])):
+                if self.solver in _STOCHASTIC_SOLVERS:
+                    self._fit_stochastic(X, y, Y, weights, incremental)
+                else:
+                    self._fit_lbfgs(X, y, Y, weights)
+            if self._callback_ctx is not None:
+                self._callback_ctx.call_on_fit_task_end(
+                    estimator=self, X=X, y=y, reconstruction_attributes=self._snapshot)
+        finally:
+            # Also after a diverged fit: the attributes describe the kept weights.
+            self._sync_history()
+            del self._callback_ctx
         if not np.all(np.isfinite(self._network.params)):
             raise ValueError("Solver produced non-finite parameter weights. Scale the "
                              "inputs or lower learning_rate_init.")
@@ -295,6 +297,13 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             return nullcontext()
         return _blas_controller().limit(limits=1, user_api="blas")
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # joblib stores arrays outside the pickle stream, so the optimizer can
+        # come back holding its own copy of the parameters: point it back.
+        if getattr(self, "_optimizer", None) is not None and hasattr(self, "_network"):
+            self._optimizer.params = self._network.params
+
     def _sync_history(self):
         history = self._history
         self.loss_curve_ = history.loss_curve
@@ -302,6 +311,8 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         self.best_validation_score_ = history.best_validation_score
         self.best_loss_ = history.best_loss
         self.t_ = history.t
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self.n_iter_ = history.n_iter
         if history.loss_curve:
             self.loss_ = history.loss_curve[-1]
 
@@ -355,7 +366,6 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             incremental=incremental, verbose=self.verbose,
             epoch_callbacks=end_hooks, on_epoch_begin=begin_hooks,
         )
-        self.n_iter_ = self._history.n_iter
         if not converged and not incremental:
             warnings.warn(
                 "Stochastic Optimizer: Maximum iterations (%d) reached and the "

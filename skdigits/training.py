@@ -184,6 +184,12 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
     order = np.arange(n)
     early_stopping = validation_score is not None
     best_params = network.params.copy() if early_stopping else None
+    # Weights at the start of this epoch and of the previous one: when the loss
+    # turns non-finite on an epoch's first batch, this epoch's start is what
+    # produced it, and the previous start is the last one known to be finite.
+    epoch_start_params = network.params.copy()
+    previous_start_params = epoch_start_params.copy()
+    history.interrupted = False
     if early_stopping and history.validation_scores is None:
         history.validation_scores, history.best_validation_score = [], -np.inf
         history.best_loss = None
@@ -194,7 +200,8 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                 started = time.perf_counter()
                 for callback in on_epoch_begin:
                     callback(history)
-                epoch_start_params = network.params.copy()
+                previous_start_params, epoch_start_params = epoch_start_params, previous_start_params
+                epoch_start_params[...] = network.params
                 if shuffle:
                     permutation = np.arange(n)
                     random_state.shuffle(permutation)
@@ -205,9 +212,15 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                     Xb, Yb, wb = source.gather(positions)
                     loss = network.loss_and_gradient(Xb, Yb, wb, alpha)
                     if not np.isfinite(loss):
-                        network.params[...] = epoch_start_params
+                        first_step = history.n_iter == 0 and start == 0 and not history.t
+                        if early_stopping and np.isfinite(history.best_validation_score):
+                            network.params[...] = best_params
+                        else:
+                            network.params[...] = (epoch_start_params if start > 0
+                                                   else previous_start_params)
+                        # Non-finite before any update: the data, not the step size.
                         raise _divergence_error(history.n_iter + 1, loss,
-                                                optimizer.learning_rate_init)
+                                                None if first_step else optimizer.learning_rate_init)
                     optimizer.step(network.grads)
                     accumulated += loss * len(positions)
                     if interrupt.requested:
@@ -239,6 +252,8 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                         best_params[...] = network.params
                 else:
                     last = history.loss_curve[-1]
+                    if history.best_loss is None:  # early stopping was on before
+                        history.best_loss = np.inf
                     if last > history.best_loss - tol:
                         history.no_improvement_count += 1
                     else:
