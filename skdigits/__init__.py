@@ -1,5 +1,6 @@
 """skdigits: from-scratch NumPy neural networks that speak scikit-learn."""
 
+from .cnn import NumpyCNNClassifier
 from .data import ImageTransformer, load_digit_csv, load_image_folder, write_submission
 from .mlp import NumpyMLPClassifier
 
@@ -7,6 +8,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ImageTransformer",
+    "NumpyCNNClassifier",
     "NumpyMLPClassifier",
     "load_digit_csv",
     "load_image_folder",

@@ -21,7 +21,7 @@ ESTIMATORS = list(_exported_estimators())
 
 def test_every_exported_estimator_is_checked():
     names = {type(e).__name__ for e in ESTIMATORS}
-    assert {"NumpyMLPClassifier", "ImageTransformer"} <= names
+    assert {"NumpyMLPClassifier", "NumpyCNNClassifier", "ImageTransformer"} <= names
 
 
 @parametrize_with_checks(ESTIMATORS)

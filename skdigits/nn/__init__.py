@@ -5,6 +5,7 @@ layer's forward and backward pass with a pen.
 """
 
 from .activations import ACTIVATIONS, DERIVATIVES
+from .conv import Conv2D, Flatten, MaxPool2D
 from .initializers import INITIALIZERS, glorot_uniform, he_normal
 from .layers import Dense, Dropout, Layer
 from .losses import LOSSES, binary_cross_entropy, log_softmax, sigmoid, softmax, softmax_cross_entropy
@@ -13,7 +14,8 @@ from .optimizers import SGD, Adam, StochasticOptimizer, minimize_lbfgs
 
 __all__ = [
     "ACTIVATIONS", "DERIVATIVES", "INITIALIZERS", "LOSSES", "PREDICT_CHUNK",
-    "Adam", "Dense", "Dropout", "Layer", "Network", "SGD", "StochasticOptimizer",
+    "Adam", "Conv2D", "Dense", "Dropout", "Flatten", "Layer", "MaxPool2D", "Network", "SGD",
+    "StochasticOptimizer",
     "binary_cross_entropy", "glorot_uniform", "he_normal", "log_softmax",
     "minimize_lbfgs", "sigmoid", "softmax", "softmax_cross_entropy",
 ]

@@ -1,0 +1,393 @@
+"""Convolutional layers: 2-D convolution, max pooling and flattening.
+
+Images are channels-last: a batch ``X`` has shape ``(n, h, w, c)``.  A row of
+pixels as the estimators receive it, ``(n, h * w * c)``, reshapes to that
+layout without a copy.
+
+:class:`Conv2D` lowers the convolution to one matrix product ("im2col"): every
+output position gets a row holding the ``kh * kw * c_in`` input values under
+the kernel, and ``cols @ W.reshape(kh * kw * c_in, filters)`` convolves the
+whole batch at once.  The backward pass is two more products and a
+scatter-add of the column gradients back onto the image ("col2im"), done with
+one vectorised slice per kernel offset.  Buffers hold one batch at a time.
+
+As in :mod:`~skdigits.nn.layers`, training mode reuses buffers between
+batches of one size, and inference mode allocates fresh arrays and keeps no
+state.  Every operation treats samples independently (the matrix products
+just stack them as rows), so a sample's output does not depend on the other
+samples in its batch.
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .activations import ACTIVATIONS, DERIVATIVES
+from .layers import Layer
+
+#: Below this many bytes per pixel, im2col copies one slice per kernel offset;
+#: above it, one strided copy of all windows.  With few channels the single
+#: copy moves tiny inner runs and is several times slower; with many channels
+#: it is the per-offset loop that is slower.
+_SLICED_IM2COL_MAX_BYTES = 16
+
+
+def _pair(value, name):
+    """``k`` -> ``(k, k)``; a pair of positive ints is checked and returned."""
+    pair = (value, value) if np.ndim(value) == 0 else tuple(value)
+    if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}.")
+    return int(pair[0]), int(pair[1])
+
+
+def _same_padding(size, kernel, stride):
+    """Output size and (before, after) padding of one axis for padding='same'.
+
+    Follows TensorFlow/Keras: ``ceil(size / stride)`` outputs, and an odd
+    total padding puts the extra row or column after the image.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+def _overlap(n_out, n_in, stride, offset):
+    """Slices pairing outputs with the input each one reads at a kernel offset.
+
+    Output ``o`` reads input ``o * stride + offset`` (``offset`` already
+    shifted by the padding, so it may be negative).  Returns
+    ``(out_slice, in_slice)`` over the outputs whose input is inside
+    ``[0, n_in)``; both are empty when there are none.
+    """
+    lo = max(0, -(offset // stride))  # ceil(-offset / stride)
+    hi = min(n_out, (n_in - 1 - offset) // stride + 1)
+    if hi <= lo:
+        return slice(0, 0), slice(0, 0)
+    start = lo * stride + offset
+    return slice(lo, hi), slice(start, start + (hi - lo - 1) * stride + 1, stride)
+
+
+def _matrix(array, shape):
+    """A view of ``array`` with ``shape``; raises instead of silently copying.
+
+    Gradients are written through such views, so a copy would lose them.
+    """
+    view = array.reshape(shape)
+    if not np.shares_memory(view, array):
+        raise ValueError("Parameter arrays must be contiguous views.")
+    return view
+
+
+class Conv2D(Layer):
+    """2-D convolution with a fused activation: ``A = f(conv(X, W) + b)``.
+
+    Parameters
+    ----------
+    filters : int
+        Number of output channels.
+    kernel_size : int or (int, int), default=3
+        Kernel height and width ``(kh, kw)``.
+    stride : int or (int, int), default=1
+        Step between kernel positions along height and width.
+    padding : {'valid', 'same'}, default='valid'
+        'valid' uses only positions where the kernel fits in the image and
+        drops the rows/columns a stride cannot reach; 'same' zero-pads so
+        that the output has ``ceil(h / stride)`` rows and ``ceil(w / stride)``
+        columns (extra padding after the image, as in TensorFlow/Keras).
+    activation : {'identity', 'logistic', 'tanh', 'relu'}, default='relu'
+        ``f``, applied in place like :class:`~skdigits.nn.layers.Dense` does.
+
+    Notes
+    -----
+    Shapes: X (n, h, w, c_in), W (kh, kw, c_in, filters), b (filters,),
+    A (n, h_out, w_out, filters).  ``W.reshape(kh * kw * c_in, filters)`` is
+    the matrix of the im2col product, so initialisers see
+    ``fan_in = kh * kw * c_in`` and ``fan_out = filters``.
+
+    Memory is per batch: training keeps the im2col matrix
+    (n * h_out * w_out, kh * kw * c_in) and its gradient, reused between
+    batches of one size.
+    """
+
+    def __init__(self, filters, kernel_size=3, stride=1, padding="valid", activation="relu"):
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}.")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation {activation!r}; "
+                             f"expected one of {sorted(ACTIVATIONS)}.")
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = padding
+        self.activation = activation
+
+    def build(self, input_shape, dtype):
+        super().build(input_shape, dtype)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"Conv2D expects per-sample input (h, w, c), got {self.input_shape}.")
+        h, w, self.c_in = self.input_shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        if self.padding == "same":
+            self.h_out, self._pad_h = _same_padding(h, kh, sh)
+            self.w_out, self._pad_w = _same_padding(w, kw, sw)
+        else:
+            self.h_out, self._pad_h = (h - kh) // sh + 1, (0, 0)
+            self.w_out, self._pad_w = (w - kw) // sw + 1, (0, 0)
+        if self.h_out < 1 or self.w_out < 1:
+            raise ValueError(f"Kernel {self.kernel_size} does not fit a {h}x{w} input "
+                             "with padding='valid'.")
+        self.fan_in = kh * kw * self.c_in
+        return (self.h_out, self.w_out, self.filters)
+
+    def param_specs(self):
+        kh, kw = self.kernel_size
+        return [("W", (kh, kw, self.c_in, self.filters), True), ("b", (self.filters,), False)]
+
+    def multiply_adds(self):
+        return self.h_out * self.w_out * self.fan_in * self.filters
+
+    def initial_params(self, random_state, initializer, activation):
+        W_shape = self.kernel_size + (self.c_in, self.filters)
+        W, b = initializer(random_state, self.fan_in, self.filters, W_shape, activation)
+        return {"W": W, "b": b}
+
+    # ------------------------------------------------------------------ im2col
+    def _im2col(self, X, training):
+        """Rows of kernel windows: (n, h, w, c_in) -> (n * h_out * w_out, kh * kw * c_in).
+
+        Column ``(i * kw + j) * c_in + c`` of the row for output ``(y, x)``
+        is ``X_padded[y * sh + i, x * sw + j, c]``: the order of
+        ``W.reshape(fan_in, filters)``.
+        """
+        n = X.shape[0]
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        ho, wo, c = self.h_out, self.w_out, self.c_in
+        if (kh, kw, sh, sw) == (1, 1, 1, 1) and X.dtype == self.dtype and X.flags.c_contiguous:
+            return X.reshape(n * ho * wo, c)  # a 1x1 convolution is a plain product
+
+        shape = (n * ho * wo, self.fan_in)
+        cols = self._buffer("cols", shape) if training else np.empty(shape, dtype=self.dtype)
+        cols6 = cols.reshape(n, ho, wo, kh, kw, c)
+        if c * self.dtype.itemsize <= _SLICED_IM2COL_MAX_BYTES:
+            # Per-offset slices; clipping the slices to the image does the
+            # zero padding without building a padded copy of X.
+            (top, _), (left, _) = self._pad_h, self._pad_w
+            h, w = self.input_shape[:2]
+            for i in range(kh):
+                out_y, in_y = _overlap(ho, h, sh, i - top)
+                for j in range(kw):
+                    out_x, in_x = _overlap(wo, w, sw, j - left)
+                    dest = cols6[:, :, :, i, j, :]
+                    if (out_y.stop - out_y.start, out_x.stop - out_x.start) != (ho, wo):
+                        dest[...] = 0  # some outputs read the padding here
+                    dest[:, out_y, out_x, :] = X[:, in_y, in_x, :]
+        else:
+            Xp = self._pad(X, training)
+            windows = sliding_window_view(Xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :ho, :wo]
+            # (n, ho, wo, c, kh, kw) -> (n, ho, wo, kh, kw, c): one strided copy.
+            np.copyto(cols6, windows.transpose(0, 1, 2, 4, 5, 3))
+        return cols
+
+    def _pad(self, X, training):
+        """X zero-padded for 'same': (n, h, w, c) -> (n, h + pad_h, w + pad_w, c)."""
+        (top, bottom), (left, right) = self._pad_h, self._pad_w
+        if top == bottom == left == right == 0:
+            return X
+        n, h, w, c = X.shape
+        shape = (n, top + h + bottom, left + w + right, c)
+        Xp = self._buffer("X_padded", shape) if training else np.empty(shape, dtype=self.dtype)
+        # Only the border needs zeroing; the interior is overwritten just after.
+        Xp[:, :top] = 0
+        Xp[:, top + h:] = 0
+        Xp[:, top:top + h, :left] = 0
+        Xp[:, top:top + h, left + w:] = 0
+        Xp[:, top:top + h, left:left + w] = X
+        return Xp
+
+    # ------------------------------------------------------------ computation
+    def forward(self, X, training=False):
+        """X (n, h, w, c_in) -> A (n, h_out, w_out, filters)."""
+        n = X.shape[0]
+        W = _matrix(self.params["W"], (self.fan_in, self.filters))
+        cols = self._im2col(X, training)
+        if training:
+            A = np.matmul(cols, W, out=self._buffer("A", (cols.shape[0], self.filters)))
+        else:
+            A = cols @ W
+        A += self.params["b"]
+        ACTIVATIONS[self.activation](A)
+        A = A.reshape(n, self.h_out, self.w_out, self.filters)
+        if training:
+            self._cols, self._A = cols, A
+        return A
+
+    def backward(self, dA, need_input_grad=True):
+        """dA: d loss / d A (n, h_out, w_out, filters), overwritten.
+
+        Writes d loss / d W and d loss / d b into ``self.grads`` and returns
+        d loss / d X (n, h, w, c_in), or None when ``need_input_grad`` is
+        false (the first layer: its input is the data).
+        """
+        dZ = DERIVATIVES[self.activation](self._A, dA)
+        dZ = dZ.reshape(-1, self.filters)  # copies only if dA was a strided view
+        np.matmul(self._cols.T, dZ, out=_matrix(self.grads["W"], (self.fan_in, self.filters)))
+        # A matrix-vector product with ones sums the rows ~10x faster than
+        # np.sum(axis=0), which walks a tall, narrow matrix row by row.
+        ones = self._buffer("ones", (dZ.shape[0],))
+        ones.fill(1)
+        np.matmul(ones, dZ, out=self.grads["b"])
+        if not need_input_grad:
+            return None
+
+        n = dA.shape[0]
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        h, w, c = self.input_shape
+        # Column gradients laid out offset-major, (kh * kw, n * h_out * w_out,
+        # c_in): one stacked product, and each offset's block is then
+        # contiguous, which makes the scatter-add below twice as fast as
+        # strided slices of a (rows, kh * kw * c_in) matrix.
+        W_t = self.params["W"].reshape(kh * kw, c, self.filters).transpose(0, 2, 1)
+        dcols = np.matmul(dZ, W_t, out=self._buffer("dcols", (kh * kw, dZ.shape[0], c)))
+        dcols = dcols.reshape(kh, kw, n, self.h_out, self.w_out, c)
+        dX = self._buffer("dX", (n, h, w, c))
+        dX[...] = 0  # pixels under no kernel position (or padding-only) get 0
+        # col2im: each kernel offset adds its block onto the pixels it read;
+        # the loop is over the kh * kw offsets, never over pixels.
+        (top, _), (left, _) = self._pad_h, self._pad_w
+        for i in range(kh):
+            out_y, in_y = _overlap(self.h_out, h, sh, i - top)
+            for j in range(kw):
+                out_x, in_x = _overlap(self.w_out, w, sw, j - left)
+                dX[:, in_y, in_x, :] += dcols[i, j][:, out_y, out_x, :]
+        return dX
+
+
+class MaxPool2D(Layer):
+    """Max pooling over windows of each channel.
+
+    Parameters
+    ----------
+    pool_size : int or (int, int), default=2
+        Window height and width ``(ph, pw)``.
+    stride : int or (int, int), optional
+        Step between windows; defaults to ``pool_size`` (non-overlapping).
+
+    Notes
+    -----
+    Shapes: X (n, h, w, c), output (n, (h - ph) // sh + 1, (w - pw) // sw + 1, c).
+    Rows and columns that do not fill a last window are dropped, like
+    'valid' pooling in PyTorch and Keras; they get zero gradient.  The
+    gradient of each window goes to its maximum only, and on ties to the
+    first one in row-major order.
+    """
+
+    def __init__(self, pool_size=2, stride=None):
+        self.pool_size = _pair(pool_size, "pool_size")
+        self.stride = self.pool_size if stride is None else _pair(stride, "stride")
+
+    def build(self, input_shape, dtype):
+        super().build(input_shape, dtype)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"MaxPool2D expects per-sample input (h, w, c), "
+                             f"got {self.input_shape}.")
+        h, w, c = self.input_shape
+        (ph, pw), (sh, sw) = self.pool_size, self.stride
+        self.h_out, self.w_out = (h - ph) // sh + 1, (w - pw) // sw + 1
+        if self.h_out < 1 or self.w_out < 1:
+            raise ValueError(f"Pool {self.pool_size} does not fit a {h}x{w} input.")
+        return (self.h_out, self.w_out, c)
+
+    def _window_slices(self, X):
+        """For each offset ``k = i * pw + j`` in a window, the (n, h_out, w_out, c)
+        strided view of the elements at that offset in every window."""
+        (ph, pw), (sh, sw) = self.pool_size, self.stride
+        ho, wo = self.h_out, self.w_out
+        return [X[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
+                for i in range(ph) for j in range(pw)]
+
+    def forward(self, X, training=False):
+        """X (n, h, w, c) -> Y (n, h_out, w_out, c)."""
+        shape = (X.shape[0], self.h_out, self.w_out, self.input_shape[2])
+        Y = self._buffer("Y", shape) if training else np.empty(shape, dtype=self.dtype)
+        # The argmax test compares X with Y, so both must have one dtype.
+        X = X.astype(self.dtype, copy=False)
+        # A loop over the few window offsets, each a vectorised maximum over
+        # the whole batch: the windows themselves are never copied.
+        slices = self._window_slices(X)
+        np.copyto(Y, slices[0])
+        for piece in slices[1:]:
+            np.maximum(Y, piece, out=Y)
+        if training:
+            self._routes = self._route(slices, Y)
+            self._x_shape = X.shape
+        return Y
+
+    def _route(self, slices, Y):
+        """Boolean masks (ph * pw, n, h_out, w_out, c): ``masks[k]`` is true
+        where offset ``k`` holds the first maximum of its window.
+
+        Masks, not argmax indices, because the backward pass is then one
+        product per offset; ``where=`` and fancy indexing are several times
+        slower in NumPy.
+        """
+        shape = (len(slices),) + Y.shape
+        masks = self._buffers.get("routes")
+        if masks is None or masks.shape != shape:
+            masks = self._buffers["routes"] = np.empty(shape, dtype=bool)
+            self._buffers["taken"] = np.empty(Y.shape, dtype=bool)
+        taken = self._buffers["taken"]
+        for k, piece in enumerate(slices):
+            mask = masks[k]
+            np.equal(piece, Y, out=mask)
+            if k == 0:
+                np.copyto(taken, mask)
+            else:
+                # For booleans, mask > taken is "mask and not taken": a tie
+                # with an earlier offset loses.
+                np.greater(mask, taken, out=mask)
+                np.logical_or(taken, mask, out=taken)
+        return masks
+
+    def backward(self, dY, need_input_grad=True):
+        """dY (n, h_out, w_out, c) -> d loss / d X (n, h, w, c)."""
+        if not need_input_grad:
+            return None
+        dX = self._buffer("dX", self._x_shape)
+        (ph, pw), (sh, sw) = self.pool_size, self.stride
+        pieces = self._window_slices(dX)
+        if (sh, sw) == (ph, pw):
+            # The windows tile dX: each piece is written once, and only the
+            # dropped remainder rows/columns need zeros.
+            dX[:, self.h_out * ph:] = 0
+            dX[:, :, self.w_out * pw:] = 0
+            for piece, mask in zip(pieces, self._routes):
+                np.multiply(dY, mask, out=piece)
+            return dX
+        dX[...] = 0  # gaps between windows (stride > pool) get no gradient
+        routed = self._buffer("routed", dY.shape)
+        for piece, mask in zip(pieces, self._routes):
+            np.multiply(dY, mask, out=routed)
+            # Accumulate: windows overlap when stride < pool_size.
+            piece += routed
+        return dX
+
+
+class Flatten(Layer):
+    """Flatten each sample: (n, h, w, c) -> (n, h * w * c), in C order.
+
+    Channels-last makes this the same order as a row of pixels, so a Dense
+    layer after it sees the layout a plain MLP would see.
+    """
+
+    def build(self, input_shape, dtype):
+        super().build(input_shape, dtype)
+        return (int(np.prod(self.input_shape)),)
+
+    def forward(self, X, training=False):
+        """X (n, *input_shape) -> (n, prod(input_shape)); a view when X is contiguous."""
+        return X.reshape(X.shape[0], -1)
+
+    def backward(self, dY, need_input_grad=True):
+        """dY (n, prod(input_shape)) -> (n, *input_shape)."""
+        if not need_input_grad:
+            return None
+        return dY.reshape((dY.shape[0],) + self.input_shape)
