@@ -3,6 +3,7 @@
 from .cnn import NumpyCNNClassifier
 from .data import ImageTransformer, load_digit_csv, load_image_folder, write_submission
 from .mlp import NumpyMLPClassifier
+from .persistence import load_model, save_model
 
 __version__ = "0.1.0"
 
@@ -12,5 +13,7 @@ __all__ = [
     "NumpyMLPClassifier",
     "load_digit_csv",
     "load_image_folder",
+    "load_model",
+    "save_model",
     "write_submission",
 ]

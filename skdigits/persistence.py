@@ -1,0 +1,189 @@
+"""Safe model files: skops archives loaded against a fixed allow-list of types.
+
+A pickle (or a joblib file, which is a pickle) runs whatever code its author
+chose the moment it is loaded.  Models are therefore saved with
+:mod:`skops.io`, a zip archive of JSON and ``.npy`` arrays from which objects
+are rebuilt by setting their attributes, and :func:`load_model` only rebuilds
+types from :func:`trusted_types`: this package's estimators, layers,
+optimizers and preprocessing, plus what skops already trusts (scikit-learn's
+estimators such as ``Pipeline`` and ``LabelBinarizer``, builtins, NumPy
+arrays and random generators).  A file naming any other type is refused
+before anything in it is imported or constructed.
+
+Example
+-------
+>>> import tempfile, pathlib
+>>> from sklearn.datasets import load_digits
+>>> from skdigits import NumpyMLPClassifier
+>>> from skdigits.persistence import load_model, save_model
+>>> X, y = load_digits(return_X_y=True)
+>>> clf = NumpyMLPClassifier((16,), max_iter=5, random_state=0).fit(X / 16, y)
+>>> path = save_model(clf, pathlib.Path(tempfile.mkdtemp()) / "digits.skops")
+>>> bool((load_model(path).predict_proba(X / 16) == clf.predict_proba(X / 16)).all())
+True
+"""
+
+import os
+from pathlib import Path
+
+__all__ = ["load_model", "save_model", "trusted_types"]
+
+#: First bytes of a zip archive, which every skops file is.
+_ZIP_MAGIC = b"PK\x03\x04"
+#: A pickle of protocol 2 or higher (joblib's uncompressed files too) starts
+#: with the PROTO opcode.
+_PICKLE_PROTO = b"\x80"
+#: zlib headers, how joblib's compressed files start.
+_ZLIB_HEADERS = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
+
+# numpy dtypes are stored by skops as an empty .npy array (no pickle) and
+# rebuilt from it; skops lists them as untrusted only because it has no
+# default for them.
+_NUMPY_TYPES = ("numpy.dtype",)
+
+
+def _type_name(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def trusted_types():
+    """The types :func:`load_model` rebuilds beyond skops' own defaults.
+
+    Returns
+    -------
+    names : list of str
+        Sorted fully qualified type names: the classifiers, the engine's
+        network, layers and optimizers, the training history, the image
+        preprocessing, and ``numpy.dtype``.  The CNN classifier is included
+        when this version of skdigits has it.
+    """
+    from .data.images import ImageTransformer
+    from .mlp import NumpyMLPClassifier
+    from .nn.conv import Conv2D, Flatten, MaxPool2D
+    from .nn.layers import Dense, Dropout
+    from .nn.network import Network
+    from .nn.optimizers import SGD, Adam
+    from .training import TrainingHistory
+
+    classes = [NumpyMLPClassifier, Network, Dense, Dropout, Conv2D, MaxPool2D, Flatten,
+               Adam, SGD, TrainingHistory, ImageTransformer]
+    cnn = _cnn_class()
+    if cnn is not None:
+        classes.append(cnn)
+    return sorted({_type_name(cls) for cls in classes} | set(_NUMPY_TYPES))
+
+
+def _cnn_class():
+    try:
+        from .cnn import NumpyCNNClassifier
+    except ImportError:
+        try:
+            from . import NumpyCNNClassifier
+        except ImportError:
+            return None
+    return NumpyCNNClassifier
+
+
+def save_model(estimator, path):
+    """Save a fitted estimator or pipeline to a skops file, atomically.
+
+    The file appears at `path` complete or not at all (it is written to a
+    temporary file in the same folder and moved into place).
+
+    Parameters
+    ----------
+    estimator : estimator or Pipeline
+        Typically a fitted ``Pipeline`` ending in a skdigits classifier.
+    path : str or path-like
+        Destination; ``.skops`` is the customary ending.  Its folder must exist.
+
+    Returns
+    -------
+    path : pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        If the estimator holds a type that :func:`load_model` would refuse
+        (nothing is written then).
+    """
+    import skops.io as sio
+
+    from .data import atomic_write
+
+    data = sio.dumps(estimator)
+    unknown = sorted(set(sio.get_untrusted_types(data=data)) - set(trusted_types()))
+    if unknown:
+        raise ValueError(
+            f"cannot save a model holding type(s) that load_model would refuse: "
+            f"{', '.join(unknown)}"
+        )
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def _refuse_non_skops(path, head):
+    where = os.fspath(path)
+    if head.startswith(_PICKLE_PROTO) or head[:2] in _ZLIB_HEADERS:
+        raise ValueError(
+            f"{where}: this looks like a pickle or joblib file; it was not loaded because "
+            "loading a pickle can run arbitrary code. Re-save the model with "
+            "skdigits.save_model (a .skops file) from a trusted session."
+        )
+    raise ValueError(f"{where}: not a skops model file (a skops file is a zip archive)")
+
+
+def load_model(path):
+    """Load a model saved by :func:`save_model`, refusing anything unsafe.
+
+    Only skops files are read.  Before any object is built, the types the
+    file names are checked against :func:`trusted_types` (plus skops'
+    defaults: scikit-learn estimators, builtins, NumPy arrays and random
+    generators); pickles and joblib files are refused without being read
+    further.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    estimator : the saved estimator or pipeline
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, PermissionError
+        If `path` cannot be read.
+    ValueError
+        If the file is not a skops file (e.g. a pickle), is damaged, or names
+        a type outside the allow-list; the message names the type(s).
+    """
+    import zipfile
+
+    import skops.io as sio
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(_ZIP_MAGIC):
+        _refuse_non_skops(path, data[:8])
+    where = os.fspath(path)
+    allowed = trusted_types()
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: not a readable skops model file ({exc})") from exc
+    unknown = sorted(set(untrusted) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{where}: refusing to load type(s) outside skdigits' allow-list: "
+            f"{', '.join(unknown)}"
+        )
+    try:
+        return sio.loads(data, trusted=allowed)
+    except UntrustedTypesFoundException as exc:  # belt and braces: skops' own audit
+        raise ValueError(f"{where}: refusing to load: {exc}") from exc
+    except Exception as exc:  # only allowed types are built: anything failing is damage
+        raise ValueError(f"{where}: cannot rebuild the model ({type(exc).__name__}: {exc})") \
+            from exc
