@@ -11,6 +11,7 @@ plots read.
 import signal
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +66,7 @@ class BatchSource:
         self.input_shape = tuple(input_shape)
         self.rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
         self.sparse = hasattr(X, "toarray")
-        self._X_buf = self._Y_buf = None
+        self._buffers = [None, None]
 
     def __len__(self):
         return len(self.rows)
@@ -76,14 +77,18 @@ class BatchSource:
         rows = self.rows if positions is None else self.rows[positions]
         return float(self.weights[rows].sum())
 
-    def gather(self, positions):
-        """Batch for ``positions`` (indices into ``rows``): (X, Y, weights)."""
+    def gather(self, positions, slot=0):
+        """Batch for ``positions`` (indices into ``rows``): (X, Y, weights).
+
+        The batch lives in buffer set ``slot`` (0 or 1) until that slot is
+        gathered into again.
+        """
         rows = self.rows[positions]
         k = len(rows)
-        if self._X_buf is None or self._X_buf.shape[0] < k:
-            self._X_buf = np.empty((k, self.X.shape[1]), dtype=self.dtype)
-            self._Y_buf = np.empty((k, self.Y.shape[1]), dtype=self.dtype)
-        Xb, Yb = self._X_buf[:k], self._Y_buf[:k]
+        if self._buffers[slot] is None or self._buffers[slot][0].shape[0] < k:
+            self._buffers[slot] = (np.empty((k, self.X.shape[1]), dtype=self.dtype),
+                                   np.empty((k, self.Y.shape[1]), dtype=self.dtype))
+        Xb, Yb = self._buffers[slot][0][:k], self._buffers[slot][1][:k]
         if self.sparse:
             Xb[...] = self.X[rows].toarray()
         elif self.X.dtype == self.dtype:
@@ -93,6 +98,27 @@ class BatchSource:
         Yb[...] = self.Y[rows]
         wb = None if self.weights is None else self.weights[rows]
         return Xb.reshape((k,) + self.input_shape), Yb, wb
+
+    def batches(self, order, batch_size):
+        """Yield ``(positions, (X, Y, weights))`` for consecutive slices of ``order``.
+
+        The next batch is gathered on a helper thread while the caller
+        computes on this one (NumPy releases the GIL for the copy), so the
+        core that single-threaded BLAS leaves idle does the gathering.  A
+        batch stays valid until the next one is requested.
+        """
+        starts = list(range(0, len(order), batch_size))
+        if len(starts) == 1:
+            yield order, self.gather(order)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self.gather, order[:batch_size], 0)
+            for k, start in enumerate(starts):
+                batch = pending.result()
+                if k + 1 < len(starts):
+                    following = order[starts[k + 1]:starts[k + 1] + batch_size]
+                    pending = pool.submit(self.gather, following, (k + 1) % 2)
+                yield order[start:start + batch_size], batch
 
 
 class _InterruptFlag:
@@ -207,9 +233,8 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                     random_state.shuffle(permutation)
                     order = order[permutation]
                 accumulated = 0.0
-                for start in range(0, n, batch_size):
-                    positions = order[start:start + batch_size]
-                    Xb, Yb, wb = source.gather(positions)
+                for start, (positions, (Xb, Yb, wb)) in zip(
+                        range(0, n, batch_size), source.batches(order, batch_size)):
                     loss = network.loss_and_gradient(Xb, Yb, wb, alpha)
                     if not np.isfinite(loss):
                         first_step = history.n_iter == 0 and start == 0 and not history.t
