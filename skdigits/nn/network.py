@@ -94,10 +94,16 @@ class Network:
         for layer, (params, grads) in zip(self.layers, views):
             layer.bind(params, grads)
 
+    def __getstate__(self):
+        # Gradients are scratch space: not worth saving.
+        return {k: v for k, v in self.__dict__.items() if k != "grads"}
+
     def __setstate__(self, state):
         # Views do not survive pickling (each would come back as its own
         # copy), so layers are re-built and re-bound to the restored buffers.
         self.__dict__.update(state)
+        if "params" in state:
+            self.grads = np.zeros_like(self.params)
         if "_layout" in state:
             shape = self.input_shape
             for layer in self.layers:

@@ -35,6 +35,17 @@ class StochasticOptimizer:
         """Apply one update computed from ``grads`` (same layout as params)."""
         self.params += self._compute_update(grads)
 
+    #: Work arrays, re-created on load rather than saved with the model.
+    _scratch = ("_update",)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self._scratch}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for name in self._scratch:
+            setattr(self, name, np.zeros_like(self.params))
+
     def iteration_ends(self, time_step):
         """Called after each epoch with the number of samples seen so far."""
 
@@ -57,6 +68,8 @@ class SGD(StochasticOptimizer):
     - 'adaptive': ``lr`` is divided by 5 each time training stops improving,
       and training stops once ``lr <= 1e-6``.
     """
+
+    _scratch = ("_update", "_scaled_grad")
 
     def __init__(self, params, learning_rate_init=0.1, lr_schedule="constant",
                  momentum=0.9, nesterov=True, power_t=0.5):
@@ -102,6 +115,8 @@ class Adam(StochasticOptimizer):
     ``lr_t = lr * sqrt(1 - b2**t) / (1 - b1**t)``,
     update ``-lr_t * m / (sqrt(v) + epsilon)``.
     """
+
+    _scratch = ("_update", "_work")
 
     def __init__(self, params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
         super().__init__(params, learning_rate_init)
