@@ -18,6 +18,7 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController
@@ -458,7 +459,28 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             )
         return True
 
-    def _partial_fit(self, X, y, sample_weight=None, classes=None):
+    @available_if(lambda est: est._check_solver())
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """Update the model with a single epoch over the given data.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The target values.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights.
+        classes : array of shape (n_classes,), default=None
+            All classes across calls to partial_fit; required on the first
+            call (``np.unique(y_all)``).
+
+        Returns
+        -------
+        self : object
+            The updated estimator.
+        """
         if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
@@ -515,9 +537,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         -------
         y_prob : ndarray of shape (n_samples, n_classes)
         """
-        logits = self._logits(self._validated(X))
-        if self.n_outputs_ == 1:  # binary: one logistic output for the positive class
-            logits = np.hstack([-logits, logits])
+        logits = self._class_logits(X)  # validates first: unfitted -> NotFittedError
         return self._network.probabilities(logits)
 
     def predict_log_proba(self, X):
@@ -531,10 +551,14 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         -------
         log_y_prob : ndarray of shape (n_samples, n_classes)
         """
-        logits = self._logits(self._validated(X))
-        if self.n_outputs_ == 1:
-            logits = np.hstack([-logits, logits])
+        logits = self._class_logits(X)
         return self._network.log_probabilities(logits)
+
+    def _class_logits(self, X):
+        """One logit column per class: a binary model's single logistic output
+        z becomes (-z, z), since sigmoid(-z) = 1 - sigmoid(z)."""
+        logits = self._logits(self._validated(X))
+        return np.hstack([-logits, logits]) if self.n_outputs_ == 1 else logits
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -511,34 +511,27 @@ def _cnn_class():
     return NumpyCNNClassifier
 
 
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value:g}")
-    return value
+def _number(low, *, low_inclusive, below=None):
+    """argparse type for a finite float >= low (or > low), optionally < below."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value < low if low_inclusive else value <= low
+        if not np.isfinite(value) or too_low or (below is not None and value >= below):
+            bound = f"[{low:g}, {below:g})" if below is not None else \
+                f"{'>=' if low_inclusive else '>'} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {'in ' if below else ''}{bound}, "
+                                             f"got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+_fraction = _number(0, low_inclusive=True, below=1)
+_positive_float = _number(0, low_inclusive=False)
+_non_negative_float = _number(0, low_inclusive=True)
 
 
 def _batch_size(text):

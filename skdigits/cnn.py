@@ -4,9 +4,7 @@ import math
 from numbers import Integral
 
 import numpy as np
-from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.metaestimators import available_if
 
 from ._base import BaseNetClassifier
 from .nn import Dense, Dropout, Network
@@ -232,22 +230,3 @@ class NumpyCNNClassifier(BaseNetClassifier):
         network = Network(layers, out_activation, dtype)
         network.dropout_rates = rates
         return network, shape
-
-    @available_if(lambda est: est._check_solver())
-    @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
-        """Update the model with a single epoch over the given data.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-        sample_weight : array-like of shape (n_samples,), default=None
-        classes : array of shape (n_classes,), default=None
-            All classes across calls; required on the first call.
-
-        Returns
-        -------
-        self : object
-        """
-        return self._partial_fit(X, y, sample_weight=sample_weight, classes=classes)

@@ -4,8 +4,6 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.metaestimators import available_if
-from sklearn.base import _fit_context
 
 from ._base import BaseNetClassifier
 from .nn import Dense, Dropout, Network
@@ -250,27 +248,3 @@ class NumpyMLPClassifier(BaseNetClassifier):
         network = Network(layers, out_activation, dtype)
         network.dropout_rates = rates
         return network, (n_features,)
-
-    @available_if(lambda est: est._check_solver())
-    @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
-        """Update the model with a single epoch over the given data.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            The input data.
-        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-            The target values.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Sample weights.
-        classes : array of shape (n_classes,), default=None
-            All classes across calls to partial_fit; required on the first
-            call (``np.unique(y_all)``).
-
-        Returns
-        -------
-        self : object
-            The updated estimator.
-        """
-        return self._partial_fit(X, y, sample_weight=sample_weight, classes=classes)

@@ -12,6 +12,8 @@ Shapes: ``Z`` and ``Y`` are (n_samples, n_outputs); ``weights`` is
 
 import numpy as np
 
+from .activations import logistic
+
 
 def _floor(dtype):
     # exp() below this is subnormal in `dtype`; subnormals make x86 float
@@ -38,14 +40,9 @@ def sigmoid(Z, out=None):
     """Element-wise logistic function without overflow."""
     if out is None:
         out = np.empty_like(Z)
-    np.copyto(out, Z)
     limit = -_floor(out.dtype)
-    np.clip(out, -limit, limit, out=out)
-    E = np.exp(-np.abs(out))
-    positive = out >= 0
-    np.divide(1.0, 1.0 + E, out=out, where=positive)
-    np.divide(E, 1.0 + E, out=out, where=~positive)
-    return out
+    np.clip(Z, -limit, limit, out=out)
+    return logistic(out)
 
 
 def log_sigmoid(Z):
