@@ -140,3 +140,15 @@ def test_mnist_shortened():
         y_test = data["y_test"][:2000]
     clf = NumpyCNNClassifier(max_iter=2, random_state=0).fit(X, y)
     assert clf.score(X_test, y_test) >= 0.92  # measured 0.9465
+
+
+def test_model_file_round_trip(digits, tmp_path):
+    from skdigits import load_model, save_model
+
+    X, y = digits
+    clf = NumpyCNNClassifier(dtype="float32", **SMALL).fit(X[:300], y[:300])
+    save_model(clf, tmp_path / "cnn.skops")
+    again = load_model(tmp_path / "cnn.skops")
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    again.partial_fit(X[:300], y[:300])
+    assert len(again.loss_curve_) == len(clf.loss_curve_) + 1
