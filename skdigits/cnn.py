@@ -1,7 +1,7 @@
 """NumpyCNNClassifier: a convolutional network from scratch, scikit-learn style."""
 
 import math
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -80,11 +80,12 @@ class NumpyCNNClassifier(BaseNetClassifier):
     validation_fraction : float, default=0.1
     beta_1, beta_2, epsilon : float, default=0.9, 0.999, 1e-8
     n_iter_no_change : int, default=10
-    dropout : float or array-like, default=0.0
-        Dropout rate after each dense hidden layer (training only).  Off by
-        default, as in :class:`NumpyMLPClassifier`: dropout masks depend on a
-        row's position in its batch, so with dropout a fit with integer
-        sample weights no longer equals a fit on repeated rows.
+    dropout : float or array-like, default=0.5
+        Dropout rate after each dense hidden layer (training only).
+    conv_dropout : float, default=0.25
+        Dropout rate on the output of the convolution blocks (training only).
+        Masks are keyed by sample, so fits with integer sample weights still
+        equal fits on repeated rows (see :class:`skdigits.nn.Dropout`).
     class_weight : dict, 'balanced' or None, default=None
     dtype : {'auto', 'float32', 'float64'}, default='auto'
         As for :class:`NumpyMLPClassifier`: 'auto' computes in float32 when
@@ -126,6 +127,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
         "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
         "solver": [StrOptions({"sgd", "adam"})],
         "weight_init": [StrOptions({"glorot", "he"})],
+        "conv_dropout": [Interval(Real, 0, 1, closed="left")],
     }
 
     def __init__(
@@ -157,7 +159,8 @@ class NumpyCNNClassifier(BaseNetClassifier):
         beta_2=0.999,
         epsilon=1e-8,
         n_iter_no_change=10,
-        dropout=0.0,
+        dropout=0.5,
+        conv_dropout=0.25,
         class_weight=None,
         dtype="auto",
         weight_init="he",
@@ -189,6 +192,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.dropout = dropout
+        self.conv_dropout = conv_dropout
         self.class_weight = class_weight
         self.dtype = dtype
         self.weight_init = weight_init
@@ -222,11 +226,13 @@ class NumpyCNNClassifier(BaseNetClassifier):
                 layers.append(MaxPool2D(self.pool_size))
                 h, w = h // self.pool_size, w // self.pool_size
         layers.append(Flatten())
+        if self.conv_dropout > 0:
+            layers.append(Dropout(self.conv_dropout))
         for units, rate in zip(hidden, rates):
             layers.append(Dense(units, self.activation))
             if rate > 0:
                 layers.append(Dropout(rate))
         layers.append(Dense(n_outputs, "identity"))
         network = Network(layers, out_activation, dtype)
-        network.dropout_rates = rates
+        network.dropout_rates = rates + [self.conv_dropout]
         return network, shape

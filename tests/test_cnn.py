@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from skdigits.cnn import NumpyCNNClassifier, infer_image_shape
 
 SMALL = dict(conv_filters=(8,), hidden_layer_sizes=(32,), max_iter=8, learning_rate_init=0.005,
-             random_state=0)
+             dropout=0.0, conv_dropout=0.0, random_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +83,11 @@ def test_predictions_do_not_depend_on_batch_companions(digits):
 
 def test_dropout_inactive_at_predict_and_seeded(digits):
     X, y = digits
-    a = NumpyCNNClassifier(dropout=0.5, **SMALL).fit(X[:400], y[:400])
-    b = NumpyCNNClassifier(dropout=0.5, **SMALL).fit(X[:400], y[:400])
+    a = NumpyCNNClassifier(**{**SMALL, "dropout": 0.5, "conv_dropout": 0.25}).fit(X[:400], y[:400])
+    b = NumpyCNNClassifier(**{**SMALL, "dropout": 0.5, "conv_dropout": 0.25}).fit(X[:400], y[:400])
     np.testing.assert_array_equal(a.predict_proba(X[:50]), a.predict_proba(X[:50]))
     np.testing.assert_array_equal(a.predict_proba(X[:50]), b.predict_proba(X[:50]))
-    c = NumpyCNNClassifier(dropout=0.0, **SMALL).fit(X[:400], y[:400])
+    c = NumpyCNNClassifier(**SMALL).fit(X[:400], y[:400])
     assert not np.array_equal(a.coefs_[0], c.coefs_[0])
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from skdigits.nn import ACTIVATIONS, DERIVATIVES, Dense, Dropout, Network
+from skdigits.nn.layers import _odd_salts, row_hashes
 
 ACTIVATION_NAMES = ["identity", "logistic", "tanh", "relu"]
 # target name -> (output function, number of outputs)
@@ -264,19 +265,22 @@ def test_logistic_activation_stable_for_huge_inputs():
 
 # ------------------------------------------------------------------ dropout
 def build_dropout(rate, shape=(4, 10), dtype="float64", seed=0):
-    layer = Dropout(rate)
+    layer = Dropout(rate, seed=seed)
     layer.build(shape[1:], dtype)
-    layer.rng = np.random.default_rng(seed)
     return layer
+
+
+def expected_keep(layer, X):
+    """The mask a stand-alone layer draws for X at its current step."""
+    return layer.keep_mask(row_hashes(X, _odd_salts(X[0].size, layer.seed))).reshape(X.shape)
 
 
 @pytest.mark.parametrize("rate", [0.2, 0.5, 0.8])
 def test_dropout_forward_backward_apply_the_mask(rate):
     X = np.random.default_rng(3).normal(size=(4, 10))
     layer = build_dropout(rate)
+    keep = expected_keep(layer, X)
     Yout = layer.forward(X.copy(), training=True).copy()
-    # The mask, re-drawn independently from the same seed.
-    keep = np.random.default_rng(0).random(X.shape) >= rate
     assert keep.any() and (~keep).any()
     mask = keep / (1.0 - rate)
     np.testing.assert_allclose(Yout, X * mask, rtol=1e-15)
@@ -318,6 +322,31 @@ def test_dropout_new_mask_each_call():
     a = layer.forward(X, training=True).copy()
     b = layer.forward(X, training=True).copy()
     assert not np.array_equal(a, b)
+
+
+def test_dropout_mask_follows_the_sample_not_its_position():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(6, 10))
+    batch = build_dropout(0.5, seed=3)
+    masks = batch.forward(X, training=True) != 0
+    shuffled = build_dropout(0.5, seed=3)
+    order = rng.permutation(6)
+    masks_shuffled = shuffled.forward(X[order], training=True) != 0
+    np.testing.assert_array_equal(masks_shuffled, masks[order])
+    repeated = build_dropout(0.5, seed=3)
+    np.testing.assert_array_equal(repeated.forward(np.vstack([X[2], X[2]]), training=True) != 0,
+                                  masks[[2, 2]])
+
+
+def test_dropout_units_and_steps_are_roughly_independent():
+    layer = build_dropout(0.5, shape=(1, 400), seed=1)
+    X = np.ones((1, 400))
+    masks = np.array([layer.forward(X, training=True)[0] != 0 for _ in range(200)])
+    assert abs(masks.mean() - 0.5) < 0.01
+    # Across steps each unit is kept about half the time; units are uncorrelated.
+    assert np.all(np.abs(masks.mean(axis=0) - 0.5) < 0.2)
+    corr = np.corrcoef(masks[:, :50].T.astype(float))
+    assert np.abs(corr[np.triu_indices(50, 1)]).max() < 0.35
 
 
 @pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
@@ -363,8 +392,8 @@ def test_network_with_dropout_gradient_fixed_mask(activation, target):
     dropouts = [layer for layer in net.layers if isinstance(layer, Dropout)]
 
     def reseed():
-        for i, layer in enumerate(dropouts):
-            layer.rng = np.random.default_rng(100 + i)
+        for layer in dropouts:
+            layer.step = 0  # the mask is a function of (input rows, unit, step, seed)
 
     reseed()
     loss = net.loss_and_gradient(X, Y, w, 0.1)

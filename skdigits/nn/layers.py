@@ -27,7 +27,7 @@ class Layer:
     def __getstate__(self):
         # Parameter views and batch caches are re-created by Network on load.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("params", "grads") and not k.startswith("_")}
+                if k not in ("params", "grads", "row_keys") and not k.startswith("_")}
 
     def build(self, input_shape, dtype):
         """Fix the per-sample input shape and return the per-sample output shape."""
@@ -129,28 +129,78 @@ class Dense(Layer):
         return np.matmul(dZ, self.params["W"].T, out=self._buffer("dX", self._X.shape))
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(h):
+    """SplitMix64's finaliser on a uint64 array: a well-spread 64-bit hash."""
+    h = h + _GOLDEN
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def row_hashes(X, salts):
+    """One uint64 per row of X, a function of the row's bytes only.
+
+    Shapes: X (n, ...) contiguous, salts (row_bytes // itemsize,) odd uint64.
+    A wrapping integer sum is exactly associative, so a row hashes the same
+    whatever other rows share its batch.
+    """
+    flat = np.ascontiguousarray(X).reshape(X.shape[0], -1)
+    words = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint64)
+    with np.errstate(over="ignore"):
+        return mix64((words.astype(np.uint64) * salts).sum(axis=1, dtype=np.uint64))
+
+
 class Dropout(Layer):
     """Inverted dropout: in training, zero each input with probability ``rate``
     and scale the survivors by ``1 / (1 - rate)``; the identity at inference.
 
-    Shapes: X and output (n, *shape).  ``rng`` is a ``numpy.random.Generator``
-    given by the network.
+    A sample's mask is a hash of (the sample's network input, the unit, the
+    training step, ``seed``), not a draw in batch order: identical samples
+    get identical masks wherever they sit in a batch.  So a fit with integer
+    sample weights still equals a fit on repeated rows, as without dropout.
+    The network sets ``row_keys`` (one uint64 per sample) before each
+    training forward pass; a layer used on its own hashes its own input.
+
+    Shapes: X and output (n, *shape).
     """
 
-    def __init__(self, rate):
+    def __init__(self, rate, seed=0):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"Dropout rate must be in [0, 1), got {rate!r}.")
         self.rate = float(rate)
-        self.rng = None
+        self.seed = int(seed)
+        self.step = 0
+        self.row_keys = None
+
+    def build(self, input_shape, dtype):
+        shape = super().build(input_shape, dtype)
+        units = int(np.prod(shape))
+        with np.errstate(over="ignore"):
+            self._unit_salts = mix64(np.arange(units, dtype=np.uint64)
+                                     + np.uint64(self.seed % 2**64))
+        return shape
+
+    def keep_mask(self, row_keys):
+        """Boolean (n, units): True where a unit survives at the current step."""
+        with np.errstate(over="ignore"):
+            step_salt = mix64(np.uint64(self.seed % 2**64) ^ (np.uint64(self.step) * _GOLDEN))
+            h = mix64((row_keys[:, None] ^ step_salt) + self._unit_salts[None, :])
+        # The top 53 bits as a uniform number in [0, 1).
+        return (h >> np.uint64(11)) * (1.0 / 2**53) >= self.rate
 
     def forward(self, X, training=False):
         if not training or self.rate == 0.0:
             return X
+        keys = self.row_keys
+        if keys is None or len(keys) != X.shape[0]:
+            keys = row_hashes(X, _odd_salts(X[0].size, self.seed))
         mask = self._buffer("mask", X.shape)
-        self.rng.random(out=mask, dtype=self.dtype)
-        keep = mask >= self.rate
-        scale = self.dtype.type(1.0 / (1.0 - self.rate))
-        np.multiply(keep, scale, out=mask)
+        keep = self.keep_mask(keys).reshape(X.shape)
+        np.multiply(keep, self.dtype.type(1.0 / (1.0 - self.rate)), out=mask)
+        self.step += 1
         return np.multiply(X, mask, out=self._buffer("Y", X.shape))
 
     def backward(self, dY, need_input_grad=True):
@@ -158,3 +208,9 @@ class Dropout(Layer):
             return dY
         dY *= self._buffers["mask"]
         return dY
+
+
+def _odd_salts(n_words, seed):
+    with np.errstate(over="ignore"):
+        return mix64(np.arange(n_words, dtype=np.uint64) ^ np.uint64((seed * 7919) % 2**64)) \
+            | np.uint64(1)

@@ -10,7 +10,7 @@ and a snapshot of the model (early stopping, interrupted fits) is one copy.
 import numpy as np
 
 from .initializers import INITIALIZERS
-from .layers import Dropout
+from .layers import Dropout, _odd_salts, row_hashes
 from .losses import LOG_OUTPUT_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
 
 #: Rows per forward pass at inference.  Every chunk is padded to exactly this
@@ -82,7 +82,9 @@ class Network:
             for name, value in layer.initial_params(random_state, initializer, activation).items():
                 layer.params[name][...] = value
             if isinstance(layer, Dropout):
-                layer.rng = rng
+                layer.seed = int(rng.integers(2**62))
+                layer.build(layer.input_shape, self.dtype)  # salts depend on the seed
+        self.row_key_seed = int(rng.integers(2**62))
         return self
 
     def _bind(self):
@@ -117,6 +119,14 @@ class Network:
     # ------------------------------------------------------------ computation
     def forward(self, X, training=False):
         """Logits (n, n_outputs) for a dense batch X (n, *input_shape)."""
+        if training:
+            dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
+            if dropouts:
+                # Dropout masks are keyed by each sample's input, not its position.
+                salts = _odd_salts(X[0].size, getattr(self, "row_key_seed", 0))
+                keys = row_hashes(X, salts)
+                for layer in dropouts:
+                    layer.row_keys = keys
         out = X
         for layer in self.layers:
             out = layer.forward(out, training=training)
