@@ -106,7 +106,9 @@ def main(argv=None):
     print(f"# machine: {machine()}")
     print(f"# data: {description}; train {X.shape}, test {X_test.shape}; {args.epochs} epochs")
     gflops = sgemm_gflops()
-    flop_per_epoch = 6 * len(X) * (X.shape[1] * 128 + 128 * 10)  # fwd + 2 bwd GEMMs
+    # Forward and weight-gradient products for both layers, input-gradient
+    # product for the output layer only (nothing needs d loss / d X).
+    flop_per_epoch = 2 * len(X) * (2 * X.shape[1] * 128 + 3 * 128 * 10)
     floor = flop_per_epoch / (gflops * 1e9)
     print(f"# sgemm at 200x784x128: {gflops:.0f} GFLOP/s -> GEMM floor {floor:.3f} s/epoch "
           f"({flop_per_epoch / 1e9:.1f} GFLOP/epoch)")
