@@ -6,7 +6,8 @@ which network to build."""
 import functools
 import warnings
 from abc import abstractmethod
-from contextlib import nullcontext
+import threading
+from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 
 import numpy as np
@@ -56,6 +57,30 @@ SINGLE_THREAD_MAX_BATCH_MULTIPLY_ADDS = 10**8
 def _blas_controller():
     # Inspecting the loaded libraries takes milliseconds: do it once.
     return ThreadpoolController()
+
+
+_blas_lock = threading.Lock()
+_blas_state = {"users": 0, "limiter": None}
+
+
+@contextmanager
+def _single_blas_thread():
+    """One BLAS thread while any caller is inside; the first in limits, the
+    last out restores.  (Nested threadpoolctl limits from several threads
+    would each restore what the previous one set, and could leave the whole
+    process on one thread.)"""
+    with _blas_lock:
+        if _blas_state["users"] == 0:
+            _blas_state["limiter"] = _blas_controller().limit(limits=1, user_api="blas")
+        _blas_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0:
+                _blas_state["limiter"].restore_original_limits()
+                _blas_state["limiter"] = None
 
 
 def _dense_rows(part):
@@ -129,17 +154,20 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             dest[...] = value
 
     def _dropout_rates(self, n_hidden):
-        rates = self.dropout
-        if rates is None:
-            rates = 0.0
-        rates = np.broadcast_to(np.asarray(rates, dtype=float), (n_hidden,)) \
-            if np.ndim(rates) == 0 else np.asarray(rates, dtype=float)
+        rates = 0.0 if self.dropout is None else self.dropout
+        try:
+            rates = np.asarray(rates, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"dropout must be a float or a sequence of floats, got "
+                             f"{self.dropout!r}.") from None
+        if rates.ndim == 0:
+            rates = np.full(n_hidden, float(rates))
         if rates.shape != (n_hidden,):
             raise ValueError(
                 f"dropout must be a float or one rate per hidden layer ({n_hidden}), "
                 f"got {self.dropout!r}."
             )
-        if np.any((rates < 0) | (rates >= 1)):
+        if not np.all((rates >= 0) & (rates < 1)):  # also catches NaN
             raise ValueError(f"dropout rates must be in [0, 1), got {self.dropout!r}.")
         return [float(r) for r in rates]
 
@@ -200,6 +228,13 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                     "sklearn.utils.class_weight.compute_class_weight('balanced', "
                     "classes=classes, y=y) and pass the result as a dict."
                 )
+            if isinstance(self.class_weight, dict):
+                for label, value in self.class_weight.items():
+                    if isinstance(value, bool) or not isinstance(value, Real) \
+                            or not np.isfinite(value) or value < 0:
+                        raise ValueError(
+                            f"class_weight values must be finite numbers >= 0, got "
+                            f"{value!r} for class {label!r}.")
             per_class = compute_class_weight(self.class_weight, classes=self.classes_, y=y)
             per_sample = per_class[np.searchsorted(self.classes_, y)]
             weights = per_sample if weights is None else weights * per_sample
@@ -286,6 +321,11 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                              "inputs or lower learning_rate_init.")
         return self
 
+    #: Whether large products may use several BLAS threads.  OpenBLAS's
+    #: results depend on its thread count, so with it a fit is reproducible
+    #: for a given thread count only.
+    _multithreaded_blas = True
+
     def _training_batch_rows(self, n_samples):
         if self.solver not in _STOCHASTIC_SOLVERS:
             return min(n_samples, 4096)  # full_batch_objective's chunk
@@ -294,9 +334,9 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     def _blas_threads(self, batch_rows):
         """Context limiting BLAS to one thread when per-batch products are small."""
         work = batch_rows * self._multiply_adds_per_sample
-        if work >= SINGLE_THREAD_MAX_BATCH_MULTIPLY_ADDS:
+        if self._multithreaded_blas and work >= SINGLE_THREAD_MAX_BATCH_MULTIPLY_ADDS:
             return nullcontext()
-        return _blas_controller().limit(limits=1, user_api="blas")
+        return _single_blas_thread()
 
     def __setstate__(self, state):
         super().__setstate__(state)

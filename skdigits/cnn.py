@@ -21,7 +21,14 @@ def infer_image_shape(n_features, image_shape="auto"):
     if isinstance(image_shape, str):
         side = math.isqrt(n_features)
         return (side, side, 1) if side * side == n_features else (1, n_features, 1)
-    shape = tuple(int(s) for s in image_shape)
+    try:
+        shape = tuple(image_shape)
+        if any(isinstance(s, bool) or not isinstance(s, Integral | np.integer) for s in shape):
+            raise TypeError
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ValueError(f"image_shape must be 'auto', (h, w) or (h, w, channels) of positive "
+                         f"ints, got {image_shape!r}.") from None
     if len(shape) == 2:
         shape = shape + (1,)
     if len(shape) != 3 or min(shape) < 1:

@@ -134,6 +134,35 @@ def _refuse_non_skops(path, head):
     raise ValueError(f"{where}: not a skops model file (a skops file is a zip archive)")
 
 
+#: A real model's schema.json is tens of kilobytes; a larger one is refused
+#: before it is inflated (a 33 kB file can hold a 32 MB schema).
+MAX_SCHEMA_BYTES = 16 * 2**20
+#: Cap on the total inflated size of a model file's members.
+MAX_UNCOMPRESSED_BYTES = 2 * 2**30
+
+
+def _check_archive_sizes(where, data):
+    """Refuse zip bombs from the sizes in the zip directory, before inflating."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{where}: not a readable skops model file "
+                         f"({type(exc).__name__}: {exc})") from exc
+    schema = [m.file_size for m in members if m.filename == "schema.json"]
+    if schema and schema[0] > MAX_SCHEMA_BYTES:
+        raise ValueError(f"{where}: refusing to load: its schema.json would inflate to "
+                         f"{schema[0]:,} bytes (limit {MAX_SCHEMA_BYTES:,}); not a model "
+                         "file written by skdigits")
+    total = sum(m.file_size for m in members)
+    if total > MAX_UNCOMPRESSED_BYTES:
+        raise ValueError(f"{where}: refusing to load: its members would inflate to "
+                         f"{total:,} bytes (limit {MAX_UNCOMPRESSED_BYTES:,})")
+
+
 def load_model(path):
     """Load a model saved by :func:`save_model`, refusing anything unsafe.
 
@@ -169,11 +198,17 @@ def load_model(path):
     if not data.startswith(_ZIP_MAGIC):
         _refuse_non_skops(path, data[:8])
     where = os.fspath(path)
+    _check_archive_sizes(where, data)
     allowed = trusted_types()
     try:
         untrusted = sio.get_untrusted_types(data=data)
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"{where}: not a readable skops model file ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure to read the audit is damage
+        # zipfile and json raise many types for damaged input (BadZipFile,
+        # zlib.error, NotImplementedError, RuntimeError, RecursionError,
+        # AttributeError on a schema of the wrong shape...): all mean the
+        # same thing to the user, and nothing from the file has been built.
+        raise ValueError(f"{where}: not a readable skops model file "
+                         f"({type(exc).__name__}: {exc})") from exc
     unknown = sorted(set(untrusted) - set(allowed))
     if unknown:
         raise ValueError(

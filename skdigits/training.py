@@ -19,6 +19,16 @@ import numpy as np
 from .nn.optimizers import minimize_lbfgs
 
 
+class ConvergenceWarning(UserWarning):
+    """Stand-in when scikit-learn is absent; replaced by scikit-learn's below."""
+
+
+try:  # the loop itself needs no scikit-learn; its warnings are sklearn's when present
+    from sklearn.exceptions import ConvergenceWarning  # noqa: F811
+except ImportError:  # pragma: no cover
+    pass
+
+
 class TrainingDiverged(ValueError):
     """Training produced a non-finite loss; the model keeps its last finite weights."""
 
@@ -37,6 +47,8 @@ class TrainingHistory:
     epoch_seconds: list = field(default_factory=list)
     interrupted: bool = False
     stop_reason: str = ""
+    warned_divergence: bool = False
+    first_batch_loss: float | None = None
 
 
 class BatchSource:
@@ -163,6 +175,18 @@ def _divergence_error(epoch, loss, learning_rate=None):
     )
 
 
+def _warn_if_exploding(history, learning_rate):
+    """Warn once per fit when the epoch loss is ten times the first batch's."""
+    first, last = history.first_batch_loss, history.loss_curve[-1]
+    if first is not None and last > 10 * first and not history.warned_divergence:
+        history.warned_divergence = True
+        warnings.warn(
+            f"Training is diverging: the loss grew from {first:.4g} to {last:.4g}. "
+            f"Lower the learning rate (learning_rate_init={learning_rate:g}) or scale the "
+            "inputs (e.g. with StandardScaler).",
+            ConvergenceWarning, stacklevel=3)
+
+
 def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffle,
                      random_state, tol, n_iter_no_change, alpha, history,
                      validation_score=None, incremental=False, verbose=False,
@@ -216,6 +240,8 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
     epoch_start_params = network.params.copy()
     previous_start_params = epoch_start_params.copy()
     history.interrupted = False
+    history.warned_divergence = False
+    history.first_batch_loss = None
     if early_stopping and history.validation_scores is None:
         history.validation_scores, history.best_validation_score = [], -np.inf
         history.best_loss = None
@@ -235,6 +261,8 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                 accumulated = 0.0
                 for start, (positions, (Xb, Yb, wb)) in zip(
                         range(0, n, batch_size), source.batches(order, batch_size)):
+                    if wb is not None and not wb.sum() > 0:
+                        continue  # zero-weight samples only: nothing to learn here
                     loss = network.loss_and_gradient(Xb, Yb, wb, alpha)
                     if not np.isfinite(loss):
                         first_step = history.n_iter == 0 and start == 0 and not history.t
@@ -246,6 +274,8 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                         # Non-finite before any update: the data, not the step size.
                         raise _divergence_error(history.n_iter + 1, loss,
                                                 None if first_step else optimizer.learning_rate_init)
+                    if history.first_batch_loss is None:
+                        history.first_batch_loss = loss
                     optimizer.step(network.grads)
                     accumulated += loss * len(positions)
                     if interrupt.requested:
@@ -256,9 +286,15 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                     warnings.warn("Training interrupted by user.")
                     break
 
+                if not np.all(np.isfinite(network.params)):
+                    # The last step overflowed without a loss to show it.
+                    network.params[...] = epoch_start_params
+                    raise _divergence_error(history.n_iter + 1, "non-finite weights",
+                                            optimizer.learning_rate_init)
                 history.n_iter += 1
                 history.t += n
                 history.loss_curve.append(accumulated / n)
+                _warn_if_exploding(history, optimizer.learning_rate_init)
                 history.epoch_seconds.append(time.perf_counter() - started)
                 if verbose:
                     print("Iteration %d, loss = %.8f" % (history.n_iter, history.loss_curve[-1]))

@@ -189,6 +189,11 @@ def _array_to_gray(arr):
         if not np.isfinite(arr).all():
             raise _UnreadableImage("pixel values contain NaN or infinity")
         full_scale = 1.0
+        peak = float(np.abs(arr).max())
+        if peak > 1e30:
+            # Beyond float32's range the grey conversion would overflow to inf;
+            # normalisation is per image, so only the shape of the values matters.
+            arr = arr.astype(np.float64) / peak
     elif arr.dtype == np.uint16:
         full_scale = 65535.0
     else:

@@ -7,6 +7,7 @@ Layout: a header ``label,pixel0,...,pixel783`` (train.csv) or
 
 import csv
 import math
+import re
 import os
 from numbers import Integral
 from pathlib import Path
@@ -41,6 +42,8 @@ def _read_header(path):
             return next(csv.reader(f), None)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{_where(path, 1)}: not a UTF-8 text file ({exc})") from exc
+    except csv.Error as exc:  # e.g. an unclosed quote swallowing the file
+        raise ValueError(f"{_where(path, 1)}: malformed CSV ({exc})") from exc
 
 
 def _looks_numeric(field):
@@ -95,21 +98,35 @@ def _preview(names, limit=5):
 # -------------------------------------------------------------- diagnosis
 
 
+#: What pandas' reader accepts as a number: ASCII digits only (Python's int()
+#: and float() also take '١', '１', '1_0' and non-breaking spaces).
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+_INT64_MAX = 2**63 - 1
+
+
 def _parse_value(raw):
     """The number in a CSV field, or a reason why there is none."""
-    text = raw.strip()
+    text = raw.strip(" \t")
     if not text:
         return None, "is empty (missing value)"
+    if not _NUMBER.fullmatch(text):
+        return None, f"{raw!r} is not a number"
     try:
-        return int(text), None
+        value = int(text)
     except ValueError:
         pass
+    else:
+        if abs(value) > _INT64_MAX:
+            return None, f"{raw!r} is too large"
+        return value, None
     try:
         value = float(text)
     except ValueError:
         return None, f"{raw!r} is not a number"
     if not math.isfinite(value) or value != math.floor(value):
         return None, f"{raw!r} is not a whole number"
+    if abs(value) > _INT64_MAX:
+        return None, f"{raw!r} is too large"
     return int(value), None
 
 
@@ -131,22 +148,49 @@ def _diagnose(path, columns, label_index):
     n_fields = len(columns)
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        next(reader)
-        for row in reader:
-            if not row:
-                continue  # blank lines are skipped, as pandas does
-            line = reader.line_num
-            if len(row) != n_fields:
-                raise ValueError(
-                    f"{_where(path, line)}: expected {n_fields} fields as in the header, "
-                    f"found {len(row)}"
-                )
+        line = 1
+        try:
+            next(reader)
+            for row in reader:
+                line = reader.line_num
+                _diagnose_row(path, line, row, columns, label_index, n_fields)
+        except UnicodeDecodeError as exc:
+            # Text is decoded a chunk at a time: find the line in the bytes.
+            raise ValueError(f"{_where(path, _first_undecodable_line(path))}: not valid "
+                             f"UTF-8 text ({exc.reason})") from exc
+        except csv.Error as exc:  # e.g. an unclosed quote swallowing the rest of the file
+            raise ValueError(f"{_where(path, line + 1)}: malformed CSV ({exc})") from exc
+
+
+def _first_undecodable_line(path):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
             try:
-                values = np.array(row, dtype=np.float64)
-            except ValueError:
-                values = None
-            if values is None or not _row_is_clean(values, label_index):
-                _check_row(path, line, row, columns, label_index)
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
+
+
+def _diagnose_row(path, line, row, columns, label_index, n_fields):
+    """Raise a ValueError naming ``line`` if ``row`` has a defect."""
+    if not row:
+        return  # blank lines are skipped, as pandas does
+    if len(row) != n_fields:
+        raise ValueError(
+            f"{_where(path, line)}: expected {n_fields} fields as in the header, "
+            f"found {len(row)}"
+        )
+    try:
+        values = np.array(row, dtype=np.float64)
+    except ValueError:
+        values = None
+    joined = ",".join(row)
+    # NumPy parses like Python (non-ASCII digits, '1_0'); pandas does not.
+    suspicious = (not joined.isascii() or "_" in joined
+                  or (values is not None and np.abs(values).max() > _INT64_MAX))
+    if values is None or suspicious or not _row_is_clean(values, label_index):
+        _check_row(path, line, row, columns, label_index)
 
 
 def _row_is_clean(values, label_index):
@@ -340,6 +384,11 @@ def write_submission(y_pred, path, *, start=1):
     labels = _format_labels(y)
     first = int(start)
     body = "".join(f"{first + i},{text}\n" for i, text in enumerate(labels))
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"y_pred has a label that cannot be written as UTF-8 text: "
+                         f"{exc.object[exc.start:exc.end]!r}") from None
     with atomic_write(path, "w", encoding="utf-8", newline="") as f:
         f.write(_SUBMISSION_HEADER)
         f.write(body)
