@@ -20,6 +20,7 @@ import warnings
 import joblib
 import numpy as np
 import pytest
+import sklearn
 import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.datasets import load_digits, load_iris, make_classification, \
@@ -46,6 +47,12 @@ X_IRIS, Y_IRIS = load_iris(return_X_y=True)
 
 _XD, Y_DIGITS = load_digits(return_X_y=True)
 X_DIGITS = _XD / 16.0
+
+
+_PEER_1_7 = pytest.mark.skipif(
+    tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7),
+    reason="the peer, scikit-learn's MLPClassifier, takes sample_weight and fits string "
+           "labels here only from 1.7")
 
 
 @pytest.fixture(autouse=True)
@@ -446,9 +453,8 @@ def test_n_iter_no_change_inf_runs_to_max_iter():
 
 def test_early_stopping_split_is_stratified():
     clf = NumpyMLPClassifier(early_stopping=True)
-    with pytest.raises(ValueError, match=(r"The least populated classes in y have only 1 "
-                                          r"member.*Classes with too few members are: "
-                                          r"\['True'\]")):
+    # scikit-learn's wording differs between versions; the stratified split refuses.
+    with pytest.raises(ValueError, match=r"least populated class"):
         clf.fit([[1, 2], [2, 3], [3, 4], [4, 5]], [0, 0, 0, 1])
 
 
@@ -734,6 +740,7 @@ def test_same_multilabel_training_as_sklearn():
     assert_same_training(ours, theirs, X)
 
 
+@_PEER_1_7
 def test_same_string_label_training_as_sklearn():
     labels = np.array(list("abcdefghij"), dtype=object)[Y_PAR]
     ours, theirs = _side_by_side(X_PAR, labels, hidden_layer_sizes=(16,), max_iter=6,
@@ -742,6 +749,7 @@ def test_same_string_label_training_as_sklearn():
     assert ours.validation_scores_ == theirs.validation_scores_
 
 
+@_PEER_1_7
 def test_same_weighted_training_as_sklearn():
     rng = np.random.RandomState(0)
     sw = rng.uniform(0.2, 3.0, len(Y_PAR))
