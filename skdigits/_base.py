@@ -83,6 +83,15 @@ def _single_blas_thread():
                 _blas_state["limiter"] = None
 
 
+def positive_ints(values, name):
+    """``values`` (one int or a sequence) as a list of positive ints, or a ValueError naming ``name``."""
+    values = list(values) if hasattr(values, "__iter__") else [values]
+    if any(isinstance(v, bool) or not isinstance(v, Integral | np.integer) or v <= 0
+           for v in values):
+        raise ValueError(f"{name} must be positive integers (> 0), got {values}.")
+    return [int(v) for v in values]
+
+
 def _dense_rows(part):
     return part.toarray() if hasattr(part, "toarray") else part
 

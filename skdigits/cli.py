@@ -39,52 +39,6 @@ class UsageError(UserError):
 
 
 # ----------------------------------------------------------------- data input
-def load_labelled(path):
-    """(X, y, description) from DATA: Kaggle CSV, image folder or .npz; digits if None."""
-    if path is None:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        return digits.data, digits.target, "scikit-learn's bundled digits (1797 x 64)"
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file or directory")
-    try:
-        if path.is_dir():
-            from .data import load_image_folder
-
-            bunch = load_image_folder(path)
-            return bunch.data, bunch.target, f"image folder {path} ({len(bunch.target)} images)"
-        if path.suffix.lower() == ".npz":
-            return _load_npz(path)
-        if path.suffix.lower() == ".csv":
-            from .data import load_digit_csv
-
-            bunch = load_digit_csv(path)
-            if bunch.target is None:
-                raise UserError(f"{path}: no 'label' column; a labelled CSV is needed here")
-            return bunch.data, bunch.target, f"{path} ({len(bunch.target)} rows)"
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
-    raise UserError(f"{path}: expected a .csv file, a .npz file or an image folder")
-
-
-def _load_npz(path):
-    with np.load(path, allow_pickle=False) as arrays:
-        for x_key, y_key in (("X", "y"), ("X_train", "y_train")):
-            if x_key in arrays and y_key in arrays:
-                X, y = arrays[x_key], arrays[y_key]
-                break
-        else:
-            raise UserError(f"{path}: expected arrays X and y (or X_train and y_train), "
-                            f"found {sorted(arrays.files)}")
-    if X.ndim > 2:
-        X = X.reshape(len(X), -1)
-    if len(X) != len(y):
-        raise UserError(f"{path}: X has {len(X)} rows but y has {len(y)}")
-    return X, y, f"{path} ({len(y)} x {X.shape[1]})"
-
-
 class Dataset:
     """Digits as the model pipeline takes them.
 
@@ -175,21 +129,22 @@ def read_labelled(path, split):
                     "(one sub-folder per class)")
 
 
-def _image_files(folder):
-    from .data.images import IMAGE_EXTENSIONS
+def _comparison_data(path):
+    """(X, y, description) for ``compare``: pixel rows, the bundled digits if no path."""
+    if path is None:
+        from sklearn.datasets import load_digits
 
-    found = []
-    for directory, subdirs, files in os.walk(folder):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found.extend(os.path.join(directory, name) for name in sorted(files)
-                     if not name.startswith(".")
-                     and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
-    return found
+        digits = load_digits()
+        return digits.data, digits.target, "scikit-learn's bundled digits (1797 x 64)"
+    data = read_labelled(path, split="train")
+    # Image folders come preprocessed by the loader; arrays of images are flattened.
+    X = data.rows if data.rows is not None else np.asarray(data.X).reshape(len(data), -1)
+    return X, data.y, data.description
 
 
 def read_unlabelled(paths):
     """Digits to predict: one CSV or .npz, or any number of image files and folders."""
-    from .data.images import IMAGE_EXTENSIONS
+    from .data.images import IMAGE_EXTENSIONS, list_image_files
 
     paths = [Path(p) for p in paths]
     for path in paths:
@@ -212,7 +167,7 @@ def read_unlabelled(paths):
     files = []
     for path in paths:
         if path.is_dir():
-            inside = _image_files(path)
+            inside = list_image_files(path)
             if not inside:
                 raise UserError(f"{path}: no image files in this folder")
             files.extend(inside)
@@ -334,7 +289,7 @@ def compare(args):
     if args.plot:
         _check_output_file(args.plot, "--plot")
         _check_matplotlib("--plot")
-    X, y, description = load_labelled(args.data)
+    X, y, description = _comparison_data(args.data)
     params = dict(hidden_layer_sizes=tuple(args.hidden), max_iter=args.max_iter,
                   alpha=args.alpha, random_state=args.random_state)
     models = [

@@ -6,7 +6,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import BaseNetClassifier
+from ._base import BaseNetClassifier, positive_ints
 from .nn import Dense, Dropout, Network
 from .nn import Conv2D, Flatten, MaxPool2D
 
@@ -204,26 +204,18 @@ class NumpyCNNClassifier(BaseNetClassifier):
         self.dtype = dtype
         self.weight_init = weight_init
 
-    @staticmethod
-    def _positive_ints(values, name):
-        values = list(values) if hasattr(values, "__iter__") else [values]
-        if any(isinstance(v, bool) or not isinstance(v, Integral | np.integer) or v <= 0
-               for v in values):
-            raise ValueError(f"{name} must be positive integers, got {values}.")
-        return [int(v) for v in values]
-
     def _architecture(self, n_features):
         return (infer_image_shape(n_features, self.image_shape),
-                tuple(self._positive_ints(self.conv_filters, "conv_filters")),
+                tuple(positive_ints(self.conv_filters, "conv_filters")),
                 self.kernel_size, self.pool_size,
-                tuple(self._positive_ints(self.hidden_layer_sizes, "hidden_layer_sizes")),
+                tuple(positive_ints(self.hidden_layer_sizes, "hidden_layer_sizes")),
                 self.activation)
 
     def _make_network(self, n_features, n_outputs, out_activation, dtype):
         shape = infer_image_shape(n_features, self.image_shape)
         self.image_shape_ = shape
-        filters = self._positive_ints(self.conv_filters, "conv_filters")
-        hidden = self._positive_ints(self.hidden_layer_sizes, "hidden_layer_sizes")
+        filters = positive_ints(self.conv_filters, "conv_filters")
+        hidden = positive_ints(self.hidden_layer_sizes, "hidden_layer_sizes")
         rates = self._dropout_rates(len(hidden))
         layers, (h, w, _) = [], shape
         for n_filters in filters:

@@ -1,11 +1,10 @@
 """NumpyMLPClassifier: scikit-learn's MLPClassifier on our own NumPy engine."""
 
-from numbers import Integral, Real
+from numbers import Integral
 
-import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import BaseNetClassifier
+from ._base import BaseNetClassifier, positive_ints
 from .nn import Dense, Dropout, Network
 
 
@@ -229,13 +228,7 @@ class NumpyMLPClassifier(BaseNetClassifier):
         self.weight_init = weight_init
 
     def _hidden_sizes(self):
-        sizes = self.hidden_layer_sizes
-        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
-        if any(not isinstance(s, Integral | np.integer) or isinstance(s, bool) for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be integers, got {sizes}.")
-        if any(s <= 0 for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
-        return [int(s) for s in sizes]
+        return positive_ints(self.hidden_layer_sizes, "hidden_layer_sizes")
 
     def _architecture(self, n_features):
         return (n_features, tuple(self._hidden_sizes()), self.activation, self.dtype)

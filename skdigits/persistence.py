@@ -188,8 +188,6 @@ def load_model(path):
         If the file is not a skops file (e.g. a pickle), is damaged, or names
         a type outside the allow-list; the message names the type(s).
     """
-    import zipfile
-
     import skops.io as sio
     from skops.io.exceptions import UntrustedTypesFoundException
 
@@ -203,10 +201,10 @@ def load_model(path):
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # noqa: BLE001 - any failure to read the audit is damage
-        # zipfile and json raise many types for damaged input (BadZipFile,
-        # zlib.error, NotImplementedError, RuntimeError, RecursionError,
-        # AttributeError on a schema of the wrong shape...): all mean the
-        # same thing to the user, and nothing from the file has been built.
+        # zipfile, zlib and json report damaged input with many exception
+        # types (a bad archive, a corrupt stream, an unsupported compression
+        # or encryption flag, a schema nested too deep or of the wrong shape);
+        # all mean the same thing to the user, and nothing has been built.
         raise ValueError(f"{where}: not a readable skops model file "
                          f"({type(exc).__name__}: {exc})") from exc
     unknown = sorted(set(untrusted) - set(allowed))

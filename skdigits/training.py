@@ -1,9 +1,9 @@
 """The training loop shared by every estimator: batching, shuffling, early
 stopping, learning-rate schedules, epoch callbacks, divergence and Ctrl-C.
 
-It drives an engine :class:`~skdigits.nn.Network` and optimizer and knows
-nothing of scikit-learn: estimators prepare arrays and a validation scorer,
-then hand over.  What happened is recorded in a :class:`TrainingHistory`,
+It drives an engine :class:`~skdigits.nn.Network` and optimizer and uses
+nothing of scikit-learn but its ConvergenceWarning: estimators prepare arrays
+and a validation scorer, then hand over.  What happened is recorded in a :class:`TrainingHistory`,
 plain data that survives between ``partial_fit`` calls and that callbacks and
 plots read.
 """
@@ -15,18 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from .nn.optimizers import minimize_lbfgs
-
-
-class ConvergenceWarning(UserWarning):
-    """Stand-in when scikit-learn is absent; replaced by scikit-learn's below."""
-
-
-try:  # the loop itself needs no scikit-learn; its warnings are sklearn's when present
-    from sklearn.exceptions import ConvergenceWarning  # noqa: F811
-except ImportError:  # pragma: no cover
-    pass
 
 
 class TrainingDiverged(ValueError):

@@ -15,7 +15,6 @@
 ``SKDIGITS_HARDENING_OUTCOMES=path.jsonl`` appends per-family outcome counts.
 """
 
-import collections
 import functools
 import io
 import json
@@ -45,10 +44,10 @@ from sklearn.preprocessing import FunctionTransformer
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import skdigits
+from hardening_support import (  # noqa: F401 - the autouse fixture must be imported
+    SideEffect, make, one_blas_thread_and_outcomes, record)
 from skdigits import (
     ImageTransformer,
-    NumpyCNNClassifier,
-    NumpyMLPClassifier,
     cli,
     load_model,
 )
@@ -69,17 +68,8 @@ def fuzz(max_examples):
 
 posix_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX SIGINT semantics")
 
-MLP_SMALL = {"hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0}
-CNN_SMALL = {"conv_filters": (4,), "hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0}
-
-
 #: The folder holding the skdigits package being tested.
 PACKAGE_ROOT = str(Path(skdigits.__file__).resolve().parents[1])
-
-
-def make(name, **params):
-    cls, base = {"mlp": (NumpyMLPClassifier, MLP_SMALL), "cnn": (NumpyCNNClassifier, CNN_SMALL)}[name]
-    return cls(**{**base, **params})
 
 
 def all_params(est):
@@ -88,26 +78,6 @@ def all_params(est):
 
 def finite_weights(est):
     return all(np.all(np.isfinite(a)) for a in all_params(est))
-
-
-# ----------------------------------------------------------------- outcomes
-_OUTCOMES = collections.defaultdict(collections.Counter)
-
-
-def record(family, outcome):
-    _OUTCOMES[family][outcome] += 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_setup():
-    # One BLAS thread unless a test says otherwise: the machine is shared.
-    with threadpool_limits(1, user_api="blas"):
-        yield
-    path = os.environ.get("SKDIGITS_HARDENING_OUTCOMES")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            for family, counts in sorted(_OUTCOMES.items()):
-                f.write(json.dumps({"family": family, **counts}) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -583,19 +553,6 @@ def test_ctrl_c_during_cli_train_saves_a_loadable_model(tmp_path, capsys):
 
 
 # ============================================================ model files
-class SideEffect:
-    """Creates ``marker`` when unpickled (``__reduce__``) or rebuilt by skops."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-    def __setstate__(self, state):  # pragma: no cover - must never run
-        open(state["marker"], "w").close()
-
-
 class RunsCommand:
     """Runs ``touch marker`` through os.system when unpickled."""
 
@@ -907,10 +864,10 @@ def _damaged_container(kind, stored, deflated):
 @pytest.mark.parametrize("kind", ["encryption-flag-set", "unknown-compression-method",
                                   "corrupt-deflate-stream", "zip-version-needed-too-high"])
 def test_damaged_zip_containers_are_refused(model_files, tmp_path, kind):
-    """One damaged header field or deflate stream.  Today: RuntimeError
-    ('File ... is encrypted, password required'), NotImplementedError ('That
-    compression method is not supported' / 'zip file version'), zlib.error
-    ('Error -3 while decompressing data') escape load_model."""
+    """One damaged header field or deflate stream (an encryption flag, an
+    unknown compression method, a too-new zip version, a corrupt deflate
+    stream): load_model refuses each with a ValueError naming the file,
+    rather than letting zipfile's or zlib's own exception types escape."""
     path = tmp_path / "model.skops"
     path.write_bytes(_damaged_container(kind, model_files["stored"], model_files["deflated"]))
     assert expect_refusal("model files: damaged zip container", path) is None

@@ -25,11 +25,9 @@ exploration run e.g.::
 (clear error / correct result / failure) to that file.
 """
 
-import collections
 import csv
 import functools
 import io
-import json
 import math
 import os
 import re
@@ -45,12 +43,11 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
-from threadpoolctl import threadpool_limits
 
+from hardening_support import (  # noqa: F401 - the autouse fixture must be imported
+    ESTIMATORS, make, one_blas_thread_and_outcomes, record)
 from skdigits import (
     ImageTransformer,
-    NumpyCNNClassifier,
-    NumpyMLPClassifier,
     load_digit_csv,
     load_image_folder,
     write_submission,
@@ -80,37 +77,6 @@ def fuzz(max_examples):
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                HealthCheck.data_too_large],
     )
-
-
-# Tiny networks: the properties are about input handling, not accuracy.
-MLP_SMALL = {"hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0}
-CNN_SMALL = {"conv_filters": (4,), "hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0}
-ESTIMATORS = {"mlp": (NumpyMLPClassifier, MLP_SMALL), "cnn": (NumpyCNNClassifier, CNN_SMALL)}
-
-
-def make(name, **params):
-    cls, base = ESTIMATORS[name]
-    return cls(**{**base, **params})
-
-
-# ----------------------------------------------------------------- outcomes
-_OUTCOMES = collections.defaultdict(collections.Counter)
-
-
-def record(family, outcome):
-    _OUTCOMES[family][outcome] += 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_setup():
-    # One BLAS thread: the machine is shared and these are timing-sensitive.
-    with threadpool_limits(1, user_api="blas"):
-        yield
-    path = os.environ.get("SKDIGITS_HARDENING_OUTCOMES")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            for family, counts in sorted(_OUTCOMES.items()):
-                f.write(json.dumps({"family": family, **counts}) + "\n")
 
 
 class CaseTimedOut(BaseException):

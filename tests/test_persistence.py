@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from hardening_support import SideEffect
 from skdigits import NumpyMLPClassifier
 from skdigits.data import ImageTransformer
 from skdigits.persistence import load_model, save_model, trusted_types
@@ -40,23 +41,6 @@ def fitted_pipeline(digits, **params):
                                 "random_state": 0, **params})
     return Pipeline([("images", ImageTransformer(size=(8, 8), center=False)),
                      ("mlp", clf)]).fit(X, y)
-
-
-class SideEffect:
-    """Leaves a marker file when pickle rebuilds it (via __reduce__) or skops
-    would (via __setstate__)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-    def __setstate__(self, state):  # pragma: no cover - must never run
-        open(state["marker"], "w").close()
-
-    def __getstate__(self):
-        return {"marker": self.marker}
 
 
 # ----------------------------------------------------------------- round trips

@@ -693,7 +693,7 @@ def _class_folders(root):
     )
 
 
-def _image_files(folder, extensions):
+def list_image_files(folder, extensions=IMAGE_EXTENSIONS):
     """Image files below `folder`, recursively, skipping hidden files and folders."""
     found = []
     # Symlinked sub-folders are not followed, so a link cycle cannot loop forever.
@@ -813,7 +813,7 @@ def load_image_folder(
 
     rows, targets, filenames, skipped = [], [], [], []
     for label, name in enumerate(class_names):
-        files = _image_files(root / name, extensions)
+        files = list_image_files(root / name, extensions)
         if not files:
             reason = f"class folder {str(root / name)!r} has no image files"
             if on_error == "raise":

@@ -12,12 +12,14 @@ allocates fresh arrays and keeps nothing, so one fitted network can predict
 from several threads at once.
 """
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from .activations import ACTIVATIONS, DERIVATIVES
 
 
-class Layer:
+class Layer(ABC):
     """Base class: a differentiable map from (n, *input_shape) to (n, *output_shape).
 
     Subclasses implement :meth:`build`, :meth:`forward` and :meth:`backward`,
@@ -53,11 +55,13 @@ class Layer:
         """Return a dict name -> initial value (empty for parameter-free layers)."""
         return {}
 
+    @abstractmethod
     def forward(self, X, training=False):
-        raise NotImplementedError
+        """Output for batch X; in training mode keep what backward needs."""
 
+    @abstractmethod
     def backward(self, dY, need_input_grad=True):
-        raise NotImplementedError
+        """Write parameter gradients from d loss / d output; return d loss / d X."""
 
     def _ones(self, n):
         ones = self._buffers.get("ones")

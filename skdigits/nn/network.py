@@ -85,7 +85,14 @@ class Network:
                 layer.seed = int(rng.integers(2**62))
                 layer.build(layer.input_shape, self.dtype)  # salts depend on the seed
         self.row_key_seed = int(rng.integers(2**62))
+        self._prepare_row_keys()
         return self
+
+    def _prepare_row_keys(self):
+        """Dropout layers and the per-word salts of the input-row hash (derived state)."""
+        self._dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
+        n_words = int(np.prod(self.input_shape))
+        self._row_key_salts = _odd_salts(n_words, self.row_key_seed) if self._dropouts else None
 
     def _bind(self):
         """Give every layer its views into the flat parameter and gradient buffers."""
@@ -97,8 +104,9 @@ class Network:
             layer.bind(params, grads)
 
     def __getstate__(self):
-        # Gradients are scratch space: not worth saving.
-        return {k: v for k, v in self.__dict__.items() if k != "grads"}
+        # Gradients are scratch space and the row-key cache is derived: not saved.
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("grads", "_dropouts", "_row_key_salts")}
 
     def __setstate__(self, state):
         # Views do not survive pickling (each would come back as its own
@@ -111,6 +119,7 @@ class Network:
             for layer in self.layers:
                 shape = layer.build(shape, self.dtype)
             self._bind()
+            self._prepare_row_keys()
 
     def parameter_arrays(self, name):
         """Views of parameter ``name`` ('W' or 'b') for every layer that has one."""
@@ -119,14 +128,11 @@ class Network:
     # ------------------------------------------------------------ computation
     def forward(self, X, training=False):
         """Logits (n, n_outputs) for a dense batch X (n, *input_shape)."""
-        if training:
-            dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
-            if dropouts:
-                # Dropout masks are keyed by each sample's input, not its position.
-                salts = _odd_salts(X[0].size, getattr(self, "row_key_seed", 0))
-                keys = row_hashes(X, salts)
-                for layer in dropouts:
-                    layer.row_keys = keys
+        if training and self._dropouts:
+            # Dropout masks are keyed by each sample's input, not its position.
+            keys = row_hashes(X, self._row_key_salts)
+            for layer in self._dropouts:
+                layer.row_keys = keys
         out = X
         for layer in self.layers:
             out = layer.forward(out, training=training)
