@@ -598,6 +598,38 @@ def test_image_transformer_parameter_fuzz(size, invert, center, which):
         record(family, "correct result")
 
 
+@pytest.mark.parametrize("size", [(100000, 100000), (4097, 4096), (1, 2**24 + 1)])
+@pytest.mark.parametrize("call", ["fit", "transform", "feature_names", "load_image_folder"])
+def test_image_transformer_size_beyond_the_pixel_cap_is_a_clear_value_error(size, call, tmp_path):
+    """A size whose rows cannot exist fails on the parameter, before anything
+    is allocated (it used to be a MemoryError from np.empty, or a 10**10-name
+    loop in get_feature_names_out)."""
+    X = np.zeros((2, 10, 10))
+    transformer = ImageTransformer(size=size)
+    actions = {
+        "fit": lambda: transformer.fit(X),
+        "transform": lambda: transformer.transform(X),
+        "feature_names": transformer.get_feature_names_out,
+        "load_image_folder": lambda: load_image_folder(tmp_path, size=size),
+    }
+    with pytest.raises(ValueError, match=r"size=\(%d, %d\).*MAX_IMAGE_PIXELS" % size):
+        actions[call]()
+    record("ImageTransformer parameters", "ValueError")
+
+
+def test_image_transformer_size_at_the_cap_is_accepted():
+    out = ImageTransformer(size=(1, 4096 * 4096)).fit_transform(np.zeros((1, 4, 4)))
+    assert out.shape == (1, 4096 * 4096)
+    assert not out.any()
+
+
+def test_output_too_large_for_memory_is_a_memory_error_naming_size_and_count():
+    many_images = np.broadcast_to(np.zeros((1, 2, 2)), (10**6, 2, 2))
+    transformer = ImageTransformer(size=(4096, 4096))
+    with pytest.raises(MemoryError, match=r"1000000 images at size=\(4096, 4096\) need 62500\.0 GiB"):
+        transformer.transform(many_images)
+
+
 @pytest.mark.parametrize("center", [True, False])
 @pytest.mark.parametrize("pixels", [
     pytest.param(("float64", [1e39]), id="float64-1e39"),

@@ -96,7 +96,27 @@ def _check_size(size):
             raise ValueError(
                 f"size must be a pair of positive integers (height, width), got {size!r}"
             )
-    return int(h), int(w)
+    h, w = int(h), int(w)
+    # Every output row holds h * w values, so an absurd size would otherwise
+    # surface as an allocation failure (or an endless feature-name loop).
+    if h * w > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"size={size!r} asks for {h * w:,} pixels per image; the largest "
+            f"supported output is MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,} (4096 x 4096)"
+        )
+    return h, w
+
+
+def _allocate_rows(n_images, size):
+    n_bytes = n_images * size[0] * size[1] * np.dtype(np.float32).itemsize
+    try:
+        return np.empty((n_images, size[0] * size[1]), dtype=np.float32)
+    except MemoryError:
+        raise MemoryError(
+            f"{n_images} images at size={size!r} need {n_bytes / 2**30:.1f} GiB of "
+            f"float32 rows, more than this machine can allocate; transform them "
+            f"in smaller chunks or choose a smaller size"
+        ) from None
 
 
 def _check_invert(invert):
@@ -631,7 +651,7 @@ class ImageTransformer(TransformerMixin, BaseEstimator):
         """
         size, invert, center = self._validated_params()
         items = self._as_items(X, reset=False)
-        out = np.empty((len(items), size[0] * size[1]), dtype=np.float32)
+        out = _allocate_rows(len(items), size)
         for i, item in enumerate(items):
             try:
                 gray, full_scale = _to_gray(item)
