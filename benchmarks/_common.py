@@ -49,6 +49,15 @@ def machine():
             f"NumPy {np.__version__}, BLAS: {'; '.join(blas) or 'unknown'}")
 
 
+def load_average():
+    """The 1, 5 and 15 minute load averages as text: figures taken while
+    other jobs ran are not comparable, so every script prints this."""
+    try:
+        return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
 def timed(fn, *args, **kwargs):
     """(result, seconds)."""
     start = time.perf_counter()

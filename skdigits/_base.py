@@ -4,10 +4,11 @@ partial_fit) around the engine and the training loop.  Subclasses only say
 which network to build."""
 
 import functools
+import os
+import threading
 import warnings
 from abc import abstractmethod
-import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -45,14 +46,6 @@ _STOCHASTIC_SOLVERS = ("sgd", "adam")
 #: weights equals a fit on repeated rows, as scikit-learn's checks demand).
 FLOAT32_MIN_EPOCH_MULTIPLY_ADDS = 10**8
 
-#: Matrix products smaller than this (multiply-adds per mini-batch or
-#: prediction chunk) run on one BLAS thread.  Splitting a batch-sized GEMM
-#: across threads gains little, and when the cores are busy (GridSearchCV
-#: workers, other processes) the threads wait on each other: an MNIST epoch
-#: at batch 64 measured 22 s with 2 threads against 1.0 s with one.
-SINGLE_THREAD_MAX_BATCH_MULTIPLY_ADDS = 10**8
-
-
 @functools.cache
 def _blas_controller():
     # Inspecting the loaded libraries takes milliseconds: do it once.
@@ -60,7 +53,16 @@ def _blas_controller():
 
 
 _blas_lock = threading.Lock()
-_blas_state = {"users": 0, "limiter": None}
+_blas_state = {"users": 0, "limiter": None, "allowed": 1}
+
+
+def _allowed_blas_threads():
+    """Threads the BLAS may use as set outside skdigits (its default, or a
+    ``threadpool_limits`` / joblib worker limit)."""
+    libraries = _blas_controller().select(user_api="blas").lib_controllers
+    if not libraries:
+        return os.cpu_count() or 1
+    return max(library.num_threads for library in libraries)
 
 
 @contextmanager
@@ -68,13 +70,21 @@ def _single_blas_thread():
     """One BLAS thread while any caller is inside; the first in limits, the
     last out restores.  (Nested threadpoolctl limits from several threads
     would each restore what the previous one set, and could leave the whole
-    process on one thread.)"""
+    process on one thread.)
+
+    Products always run on one BLAS thread, whose results do not depend on
+    the BLAS setting; the cores are used by splitting the work instead
+    (:class:`~skdigits.nn.DataParallel`, prediction chunks).  Yields whether
+    the setting found on entry allows a second thread for that.
+    """
     with _blas_lock:
         if _blas_state["users"] == 0:
+            _blas_state["allowed"] = _allowed_blas_threads()
             _blas_state["limiter"] = _blas_controller().limit(limits=1, user_api="blas")
         _blas_state["users"] += 1
+        concurrent = _blas_state["allowed"] >= 2
     try:
-        yield
+        yield concurrent
     finally:
         with _blas_lock:
             _blas_state["users"] -= 1
@@ -313,11 +323,11 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             self._callback_ctx = self._init_callback_context(max_subtasks=self.max_iter)
             self._callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y)
         try:
-            with self._blas_threads(self._training_batch_rows(X.shape[0])):
+            with _single_blas_thread() as concurrent:
                 if self.solver in _STOCHASTIC_SOLVERS:
-                    self._fit_stochastic(X, y, Y, weights, incremental)
+                    self._fit_stochastic(X, y, Y, weights, incremental, concurrent)
                 else:
-                    self._fit_lbfgs(X, y, Y, weights)
+                    self._fit_lbfgs(X, y, Y, weights, concurrent)
             if self._callback_ctx is not None:
                 self._callback_ctx.call_on_fit_task_end(
                     estimator=self, X=X, y=y, reconstruction_attributes=self._snapshot)
@@ -329,23 +339,6 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             raise ValueError("Solver produced non-finite parameter weights. Scale the "
                              "inputs or lower learning_rate_init.")
         return self
-
-    #: Whether large products may use several BLAS threads.  OpenBLAS's
-    #: results depend on its thread count, so with it a fit is reproducible
-    #: for a given thread count only.
-    _multithreaded_blas = True
-
-    def _training_batch_rows(self, n_samples):
-        if self.solver not in _STOCHASTIC_SOLVERS:
-            return min(n_samples, 4096)  # full_batch_objective's chunk
-        return min(n_samples, 200 if self.batch_size == "auto" else self.batch_size)
-
-    def _blas_threads(self, batch_rows):
-        """Context limiting BLAS to one thread when per-batch products are small."""
-        work = batch_rows * self._multiply_adds_per_sample
-        if self._multithreaded_blas and work >= SINGLE_THREAD_MAX_BATCH_MULTIPLY_ADDS:
-            return nullcontext()
-        return _single_blas_thread()
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -373,7 +366,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                        self.nesterovs_momentum, self.power_t)
         return Adam(params, self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon)
 
-    def _fit_stochastic(self, X, y, Y, weights, incremental):
+    def _fit_stochastic(self, X, y, Y, weights, incremental, concurrent):
         if not incremental or self._optimizer is None:
             self._optimizer = self._make_optimizer()
         if self.early_stopping and incremental:
@@ -414,7 +407,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             tol=self.tol, n_iter_no_change=self.n_iter_no_change, alpha=self.alpha,
             history=self._history, validation_score=validation_score,
             incremental=incremental, verbose=self.verbose,
-            epoch_callbacks=end_hooks, on_epoch_begin=begin_hooks,
+            epoch_callbacks=end_hooks, on_epoch_begin=begin_hooks, concurrent=concurrent,
         )
         if not converged and not incremental:
             warnings.warn(
@@ -451,7 +444,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
 
         return (begin,), (end,)
 
-    def _fit_lbfgs(self, X, y, Y, weights):
+    def _fit_lbfgs(self, X, y, Y, weights, concurrent):
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape)
         self._history.loss_curve = []
         begin_hooks, end_hooks = self._task_hooks(X, y, "lbfgs-iter")
@@ -460,7 +453,8 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             if begin_hooks else []
         result = train_lbfgs(self._network, source, alpha=self.alpha, max_iter=self.max_iter,
                              max_fun=self.max_fun, tol=self.tol, history=self._history,
-                             verbose=self.verbose, iteration_callbacks=hooks)
+                             verbose=self.verbose, iteration_callbacks=hooks,
+                             concurrent=concurrent)
         curve = self._history.loss_curve
         self._history.best_loss = min(curve) if curve else None
         if result is None:  # interrupted
@@ -547,8 +541,9 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
 
     def _logits(self, X):
         """Float64 logits for validated X; a clear error instead of inf/NaN outputs."""
-        with self._blas_threads(PREDICT_CHUNK):
-            logits = self._network.predict_logits(X, to_dense=_dense_rows).astype(np.float64)
+        with _single_blas_thread() as concurrent:
+            logits = self._network.predict_logits(X, to_dense=_dense_rows,
+                                                  concurrent=concurrent).astype(np.float64)
         if not np.all(np.isfinite(logits)):
             bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
             raise ValueError(

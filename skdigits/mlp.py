@@ -155,10 +155,6 @@ class NumpyMLPClassifier(BaseNetClassifier):
     (1, 10)
     """
 
-    # A second BLAS thread did not speed up MLP-sized products (200x784x128)
-    # here; on one thread results are bit-identical whatever the BLAS setting.
-    _multithreaded_blas = False
-
     _parameter_constraints: dict = {
         **BaseNetClassifier._parameter_constraints,
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],

@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from .nn.optimizers import minimize_lbfgs
+from .nn.parallel import DataParallel
 
 
 class TrainingDiverged(ValueError):
@@ -181,7 +182,7 @@ def _warn_if_exploding(history, learning_rate):
 def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffle,
                      random_state, tol, n_iter_no_change, alpha, history,
                      validation_score=None, incremental=False, verbose=False,
-                     epoch_callbacks=(), on_epoch_begin=()):
+                     epoch_callbacks=(), on_epoch_begin=(), concurrent=False):
     """Run mini-batch epochs of ``optimizer`` on ``network`` over ``source``.
 
     Parameters
@@ -213,6 +214,9 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
         ``callback(history) -> bool`` after each epoch; True stops training.
     on_epoch_begin : sequence of callables
         ``callback(history)`` before each epoch.
+    concurrent : bool
+        Compute the two row shards of a large batch on two threads at once
+        (:class:`~skdigits.nn.DataParallel`); the results are the same either way.
 
     Returns
     -------
@@ -237,7 +241,7 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
         history.validation_scores, history.best_validation_score = [], -np.inf
         history.best_loss = None
     converged = False
-    with _InterruptFlag() as interrupt:
+    with _InterruptFlag() as interrupt, DataParallel(network, concurrent) as parallel:
         try:
             for _ in range(max_iter):
                 started = time.perf_counter()
@@ -254,7 +258,7 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                         range(0, n, batch_size), source.batches(order, batch_size)):
                     if wb is not None and not wb.sum() > 0:
                         continue  # zero-weight samples only: nothing to learn here
-                    loss = network.loss_and_gradient(Xb, Yb, wb, alpha)
+                    loss = parallel.loss_and_gradient(Xb, Yb, wb, alpha)
                     if not np.isfinite(loss):
                         first_step = history.n_iter == 0 and start == 0 and not history.t
                         if early_stopping and np.isfinite(history.best_validation_score):
@@ -343,11 +347,12 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
     return converged or history.interrupted
 
 
-def full_batch_objective(network, source, alpha, chunk_rows=4096):
+def full_batch_objective(network, source, alpha, parallel, chunk_rows=4096):
     """``params -> (loss, grad)`` over all of ``source``, for L-BFGS.
 
     Rows are processed ``chunk_rows`` at a time (memory stays at one chunk's
-    activations) and gradients are accumulated in float64.
+    activations), each chunk through ``parallel`` (a :class:`DataParallel`),
+    and gradients are accumulated in float64.
     """
     total_weight = source.weight_sum()
     n = len(source)
@@ -359,7 +364,7 @@ def full_batch_objective(network, source, alpha, chunk_rows=4096):
         loss = 0.0
         for start in range(0, n, chunk_rows):
             Xb, Yb, wb = source.gather(np.arange(start, min(start + chunk_rows, n)))
-            loss += network.loss_and_gradient(Xb, Yb, wb, 0.0, weight_sum=total_weight)
+            loss += parallel.loss_and_gradient(Xb, Yb, wb, 0.0, weight_sum=total_weight)
             np.add(grad_sum, network.grads, out=grad_sum)
         W = x[:network.n_penalized]
         loss += 0.5 * alpha * float(np.dot(W, W)) / total_weight
@@ -370,13 +375,15 @@ def full_batch_objective(network, source, alpha, chunk_rows=4096):
 
 
 def train_lbfgs(network, source, *, alpha, max_iter, max_fun, tol, history, verbose=False,
-                iteration_callbacks=()):
+                iteration_callbacks=(), concurrent=False):
     """Fit ``network`` with scipy's L-BFGS-B on the full batch.
 
     Returns the scipy ``OptimizeResult``.  The network ends on the best
-    parameters evaluated; Ctrl-C stops with those too.
+    parameters evaluated; Ctrl-C stops with those too.  ``concurrent`` as
+    for :func:`train_stochastic`.
     """
-    objective = full_batch_objective(network, source, alpha)
+    parallel = DataParallel(network, concurrent)
+    objective = full_batch_objective(network, source, alpha, parallel)
     best = {"loss": np.inf, "x": network.params.astype(np.float64)}
 
     def tracked(x):
@@ -395,7 +402,7 @@ def train_lbfgs(network, source, *, alpha, max_iter, max_fun, tol, history, verb
             print("Iteration %d, loss = %.8f" % (len(history.loss_curve), history.loss_curve[-1]))
 
     result = None
-    with _InterruptFlag() as interrupt:
+    with _InterruptFlag() as interrupt, parallel:
         def guarded(x):
             if interrupt.requested:
                 raise KeyboardInterrupt

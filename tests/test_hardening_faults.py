@@ -206,26 +206,24 @@ DETERMINISM_CASES = {
     "mlp-small-digits": (lambda: make("mlp", max_iter=5), "digits", "float64"),
     "mlp-mnist-default-batch": (lambda: make("mlp", hidden_layer_sizes=(64,), max_iter=2),
                                 2000, "float32"),
-    # batch 2000 x 784-64-10 = 1.0e8 multiply-adds per batch: the products
-    # are allowed to use every BLAS thread.
+    # batch 200 x 784-128-10 = 2.0e7 multiply-adds: two row shards (>= 1.5e7).
+    "mlp-mnist-sharded-batch": (lambda: make("mlp", hidden_layer_sizes=(128,), max_iter=2),
+                                2000, "float32"),
+    # batch 2000 x 784-64-10 = 1.0e8 multiply-adds per batch: computed as two
+    # row shards, on two threads when the BLAS setting allows two.
     "mlp-mnist-full-batch": (lambda: make("mlp", hidden_layer_sizes=(64,), batch_size=2000,
                                           max_iter=3), 2000, "float32"),
     "mlp-mnist-lbfgs": (lambda: make("mlp", hidden_layer_sizes=(64,), solver="lbfgs",
                                      max_iter=3), 2000, "float32"),
     "cnn-small-digits": (lambda: make("cnn", max_iter=3), "digits", "float64"),
     "cnn-mnist-default-batch": (lambda: make("cnn", max_iter=1), 1000, "float64"),
-    # batch 3000 x 34,576 multiply-adds per image = 1.04e8.
+    # batch 3000 x 34,576 multiply-adds per image = 1.04e8: sharded.  (It was
+    # a strict xfail while large CNN products used two BLAS threads.)
     "cnn-mnist-full-batch": (lambda: make("cnn", batch_size=3000, max_iter=2), 3000, "float32"),
 }
-THREAD_DEPENDENT = pytest.mark.xfail(strict=True, reason=(
-    "known limitation: the CNN lets products of >= 1e8 multiply-adds use several BLAS "
-    "threads (40% faster), and OpenBLAS's float32 results depend on its thread count; "
-    "such fits are reproducible for a given thread count only"))
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(name, marks=THREAD_DEPENDENT) if name == "cnn-mnist-full-batch" else name
-    for name in DETERMINISM_CASES])
+@pytest.mark.parametrize("case", list(DETERMINISM_CASES))
 def test_same_random_state_is_bit_identical_with_1_or_2_blas_threads(digits, case):
     factory, data, dtype = DETERMINISM_CASES[case]
     if data == "digits":

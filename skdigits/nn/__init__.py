@@ -10,11 +10,13 @@ from .initializers import INITIALIZERS, glorot_uniform, he_normal
 from .layers import Dense, Dropout, Layer
 from .losses import LOSSES, binary_cross_entropy, log_softmax, sigmoid, softmax, softmax_cross_entropy
 from .network import PREDICT_CHUNK, Network
+from .parallel import SHARD_MIN_MULTIPLY_ADDS, DataParallel
 from .optimizers import SGD, Adam, StochasticOptimizer, minimize_lbfgs
 
 __all__ = [
     "ACTIVATIONS", "DERIVATIVES", "INITIALIZERS", "LOSSES", "PREDICT_CHUNK",
-    "Adam", "Conv2D", "Dense", "Dropout", "Flatten", "Layer", "MaxPool2D", "Network", "SGD",
+    "SHARD_MIN_MULTIPLY_ADDS",
+    "Adam", "Conv2D", "DataParallel", "Dense", "Dropout", "Flatten", "Layer", "MaxPool2D", "Network", "SGD",
     "StochasticOptimizer",
     "binary_cross_entropy", "glorot_uniform", "he_normal", "log_softmax",
     "minimize_lbfgs", "sigmoid", "softmax", "softmax_cross_entropy",

@@ -7,6 +7,9 @@ network in a handful of vectorised passes, L-BFGS sees the vector it wants,
 and a snapshot of the model (early stopping, interrupted fits) is one copy.
 """
 
+import copy
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .initializers import INITIALIZERS
@@ -45,6 +48,11 @@ class Network:
             shape = layer.build(shape, self.dtype)
             total += layer.multiply_adds()
         return total
+
+    @property
+    def multiply_adds_per_sample(self):
+        """Forward multiply-adds per sample of the built network."""
+        return sum(layer.multiply_adds() for layer in self.layers)
 
     def build(self, input_shape, random_state, init="glorot", activation="relu", seed=None):
         """Allocate and initialise the parameters for per-sample ``input_shape``.
@@ -152,35 +160,80 @@ class Network:
         """
         if weight_sum is None:
             weight_sum = X.shape[0] if weights is None else float(np.sum(weights))
+        loss = self.data_loss_and_gradient(X, Y, weights, weight_sum)
+        return loss + self.add_penalty(alpha, weight_sum)
+
+    def data_loss_and_gradient(self, X, Y, weights, weight_sum):
+        """The loss of (X, Y) summed over its rows and divided by ``weight_sum``,
+        without the penalty; fills ``self.grads`` with its gradient.
+
+        Being a sum over rows, it can be computed for row shards of a batch
+        and added up (see :class:`~skdigits.nn.parallel.DataParallel`).
+        """
         logits = self.forward(X, training=True)
         d_logits = self.layers[-1]._buffer("d_logits", logits.shape)
         loss, d_logits = LOSSES[self.output](logits, Y, weights, d_logits, weight_sum)
         self.backward(d_logits)
-        if alpha:
-            W = self.params[:self.n_penalized]
-            loss += 0.5 * alpha * float(np.dot(W, W)) / weight_sum
-            self.grads[:self.n_penalized] += self.dtype.type(alpha / weight_sum) * W
         return loss
 
-    def predict_logits(self, X, to_dense=None):
+    def add_penalty(self, alpha, weight_sum):
+        """Add the L2 term's gradient to ``self.grads`` and return its loss."""
+        if not alpha:
+            return 0.0
+        W = self.params[:self.n_penalized]
+        self.grads[:self.n_penalized] += self.dtype.type(alpha / weight_sum) * W
+        return 0.5 * alpha * float(np.dot(W, W)) / weight_sum
+
+    def replica(self):
+        """A network sharing this one's parameters, with its own gradient buffer
+        and its own per-batch layer state, for computing a second row shard
+        at the same time as this one."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        # copy.copy goes through Layer.__getstate__: configuration only, no
+        # buffers or views, which build and _bind then make anew.
+        twin.layers = [copy.copy(layer) for layer in self.layers]
+        shape = self.input_shape
+        for layer in twin.layers:
+            shape = layer.build(shape, self.dtype)
+        twin.grads = np.zeros_like(self.params)
+        twin._bind()
+        twin._prepare_row_keys()
+        return twin
+
+    def predict_logits(self, X, to_dense=None, concurrent=False):
         """Logits for the rows of 2-D X (n, prod(input_shape)), in padded chunks.
 
         Each chunk of PREDICT_CHUNK rows is cast to the compute dtype (after
         ``to_dense``, e.g. for a sparse matrix) and reshaped to the network's
-        input shape, so memory grows by one chunk, never by a copy of X.
+        input shape, so memory grows by one chunk per thread, never by a copy
+        of X.  With ``concurrent``, a helper thread does the second half of
+        the chunks; every chunk is computed the same way on either thread.
         """
         n = X.shape[0]
         logits = np.empty((n,) + self.output_shape, dtype=self.dtype)
+        starts = range(0, n, PREDICT_CHUNK)
+        if not concurrent or len(starts) < 2:
+            self._predict_chunks(X, logits, starts, to_dense)
+            return logits
+        middle = len(starts) // 2
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdigits-predict") as pool:
+            second = pool.submit(self._predict_chunks, X, logits, starts[middle:], to_dense)
+            self._predict_chunks(X, logits, starts[:middle], to_dense)
+            second.result()
+        return logits
+
+    def _predict_chunks(self, X, logits, starts, to_dense):
+        n = X.shape[0]
         chunk = np.zeros((PREDICT_CHUNK, X.shape[1]), dtype=self.dtype)
         images = chunk.reshape((PREDICT_CHUNK,) + self.input_shape)
-        for start in range(0, n, PREDICT_CHUNK):
+        for start in starts:
             stop = min(start + PREDICT_CHUNK, n)
             part = X[start:stop]
             chunk[: stop - start] = part if to_dense is None else to_dense(part)
             if stop - start < PREDICT_CHUNK:
                 chunk[stop - start:] = 0
             logits[start:stop] = self.forward(images)[: stop - start]
-        return logits
 
     def probabilities(self, logits):
         """Output probabilities (float64) from logits."""

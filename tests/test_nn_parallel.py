@@ -1,0 +1,510 @@
+"""Tests of :class:`skdigits.nn.DataParallel` and concurrent prediction.
+
+Sharding a batch in two must give the loss and gradient of the whole batch
+up to rounding, and running the second shard on a helper thread must not
+change a single bit.  ``SHARD_MIN_MULTIPLY_ADDS`` is patched down so that
+tiny networks and batches shard and the file stays fast.
+"""
+
+import copy
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import ThreadpoolController, threadpool_limits
+
+import skdigits.nn.parallel
+from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
+from skdigits.nn import DataParallel, Dense, Dropout, Network
+from skdigits.nn.conv import Conv2D, Flatten, MaxPool2D
+from skdigits.nn.losses import LOSSES
+
+TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
+BLAS = ThreadpoolController()
+
+
+# ------------------------------------------------------------------ helpers
+@pytest.fixture
+def always_shard(monkeypatch):
+    """Every batch of at least two rows is computed as two shards."""
+    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS", 1)
+
+
+def mlp(dtype="float64", output="softmax", n_in=10, n_out=3, dropout=0.0, seed=0):
+    layers = [Dense(16, "relu")]
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers.append(Dense(12, "tanh"))
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers.append(Dense(n_out))
+    return Network(layers, output, dtype).build((n_in,), np.random.RandomState(seed), seed=seed)
+
+
+def convnet(dtype="float64", output="softmax", n_out=3, dropout=0.0, seed=0):
+    layers = [Conv2D(4, 3, padding="same"), MaxPool2D(2), Flatten()]
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers += [Dense(8, "relu"), Dense(n_out)]
+    return Network(layers, output, dtype).build((6, 6, 2), np.random.RandomState(seed), seed=seed)
+
+
+def batch(network, n, seed=0, weights=False):
+    """(X, Y, w) for ``network``: Y one-hot for softmax, 0/1 labels for logistic."""
+    rng = np.random.RandomState(seed)
+    X = rng.standard_normal((n,) + network.input_shape).astype(network.dtype)
+    k = network.output_shape[0]
+    if network.output == "softmax":
+        Y = np.eye(k, dtype=network.dtype)[rng.randint(k, size=n)]
+    else:
+        Y = rng.randint(2, size=(n, k)).astype(network.dtype)
+    w = rng.uniform(0.2, 3.0, size=n) if weights else None
+    return X, Y, w
+
+
+def dropout_steps(network):
+    return [layer.step for layer in network.layers if isinstance(layer, Dropout)]
+
+
+def assert_close(actual, expected, rtol):
+    """Elementwise close, with an absolute floor scaled to the array's size."""
+    expected = np.asarray(expected, dtype=np.float64)
+    atol = rtol * max(float(np.max(np.abs(expected))), 1e-300)
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol, atol=atol)
+
+
+def sgd_step(network, lr=0.05):
+    """Move the parameters so the next batch sees different weights."""
+    network.params -= network.dtype.type(lr) * network.grads
+
+
+NETWORKS = {
+    "mlp-softmax": lambda dtype, **kw: mlp(dtype, "softmax", **kw),
+    "mlp-logistic": lambda dtype, **kw: mlp(dtype, "logistic", **kw),
+    "conv-softmax": lambda dtype, **kw: convnet(dtype, "softmax", **kw),
+    "conv-logistic": lambda dtype, **kw: convnet(dtype, "logistic", **kw),
+}
+
+
+# ------------------------------------------- 1. sharded == whole-batch maths
+@pytest.mark.parametrize("concurrent", [False, True])
+@pytest.mark.parametrize("weights", [False, True])
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", sorted(NETWORKS))
+def test_sharded_loss_and_gradient_match_whole_batch(always_shard, kind, dtype, alpha, weights,
+                                                     concurrent):
+    """Loss and gradient are sums over rows: two shards must add up to the
+    whole batch's, penalty included once, for MLPs and conv nets, with odd
+    batch sizes (unequal shards) and sample weights."""
+    network = NETWORKS[kind](dtype)
+    reference = copy.deepcopy(network)
+    rtol = TOLERANCE[dtype]
+    with DataParallel(network, concurrent) as parallel:
+        for n, seed in [(7, 1), (2, 2), (13, 3)]:
+            assert parallel.splits(n)
+            X, Y, w = batch(network, n, seed, weights)
+            loss = parallel.loss_and_gradient(X, Y, w, alpha)
+            expected = reference.loss_and_gradient(X, Y, w, alpha)
+            assert np.isfinite(loss)
+            assert_close(loss, expected, rtol)
+            assert_close(network.grads, reference.grads, rtol)
+        assert parallel._twin is not None  # the sharded path really ran
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_sharded_with_explicit_weight_sum(always_shard, concurrent):
+    """L-BFGS passes the weight sum of the whole data set with each chunk:
+    both shards must divide by it, not by their own weight sums."""
+    network = mlp()
+    reference = copy.deepcopy(network)
+    X, Y, w = batch(network, 9, seed=4, weights=True)
+    with DataParallel(network, concurrent) as parallel:
+        loss = parallel.loss_and_gradient(X, Y, w, 0.0, weight_sum=123.0)
+    expected = reference.loss_and_gradient(X, Y, w, 0.0, weight_sum=123.0)
+    assert_close(loss, expected, 1e-12)
+    assert_close(network.grads, reference.grads, 1e-12)
+
+
+# ---------------------------------- 2. concurrent and sequential, bit for bit
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", ["mlp-softmax", "conv-logistic"])
+def test_concurrent_equals_sequential_bit_for_bit(always_shard, kind, dtype):
+    """The thread only changes when the second shard runs, never what it
+    computes: over consecutive batches of changing sizes (buffers re-made)
+    and parameter updates, with dropout, losses and gradients are identical,
+    and the dropout step advances once per batch on both sides."""
+    first = NETWORKS[kind](dtype, dropout=0.5, seed=3)
+    second = copy.deepcopy(first)
+    start = dropout_steps(first)
+    assert start and start == dropout_steps(second)
+    sizes = [7, 8, 7, 5, 16, 3, 7, 11]
+    with DataParallel(first, concurrent=True) as threaded, \
+            DataParallel(second, concurrent=False) as sequential:
+        for i, n in enumerate(sizes):
+            X, Y, w = batch(first, n, seed=10 + i, weights=i % 2 == 1)
+            loss_t = threaded.loss_and_gradient(X, Y, w, alpha=0.01)
+            loss_s = sequential.loss_and_gradient(X, Y, w, alpha=0.01)
+            assert loss_t == loss_s
+            assert np.array_equal(first.grads, second.grads)
+            sgd_step(first)
+            sgd_step(second)
+        assert np.array_equal(first.params, second.params)
+        assert dropout_steps(first) == [s + len(sizes) for s in start]
+        assert dropout_steps(second) == dropout_steps(first)
+        # The replicas were re-synchronised before every batch.
+        assert dropout_steps(threaded._twin) == dropout_steps(first)
+        assert dropout_steps(sequential._twin) == dropout_steps(first)
+
+
+def test_dropout_steps_stay_in_sync_when_some_batches_do_not_split(monkeypatch):
+    """Batches below the threshold run on the network alone and advance only
+    its steps; the next sharded batch must still draw the replica's masks
+    at the network's step (compared with an unsharded copy)."""
+    network = mlp(dropout=0.5, seed=5)
+    reference = copy.deepcopy(network)
+    # Batches of >= 6 rows shard, smaller ones do not.
+    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS",
+                        6 * network.multiply_adds_per_sample)
+    start = dropout_steps(network)
+    sizes = [7, 4, 3, 9, 5, 6, 2, 8]
+    with DataParallel(network, concurrent=True) as parallel:
+        assert [parallel.splits(n) for n in sizes] == [n >= 6 for n in sizes]
+        for i, n in enumerate(sizes):
+            X, Y, w = batch(network, n, seed=30 + i)
+            loss = parallel.loss_and_gradient(X, Y, w)
+            expected = reference.loss_and_gradient(X, Y, w)
+            assert_close(loss, expected, 1e-12)
+            assert_close(network.grads, reference.grads, 1e-12)
+            sgd_step(network)
+            reference.params[...] = network.params
+    assert dropout_steps(network) == [s + len(sizes) for s in start]
+    assert dropout_steps(reference) == dropout_steps(network)
+
+
+# ------------------------------------------------ 3. dropout: sharded == whole
+@pytest.mark.parametrize("concurrent", [False, True])
+@pytest.mark.parametrize("kind", ["mlp-softmax", "conv-softmax"])
+def test_dropout_sharded_gradient_matches_whole_batch(always_shard, kind, concurrent):
+    """Dropout masks are keyed by each sample's content and the step, not its
+    row in the batch: a sample masked by the replica gets the mask it would
+    have got in the whole batch, so the gradients agree up to rounding."""
+    network = NETWORKS[kind]("float64", dropout=0.5, seed=7)
+    reference = copy.deepcopy(network)
+    assert dropout_steps(network) == dropout_steps(reference)
+    with DataParallel(network, concurrent) as parallel:
+        for i in range(4):
+            X, Y, w = batch(network, 7, seed=50 + i, weights=i == 2)
+            loss = parallel.loss_and_gradient(X, Y, w, alpha=0.1)
+            expected = reference.loss_and_gradient(X, Y, w, alpha=0.1)
+            assert_close(loss, expected, 1e-12)
+            assert_close(network.grads, reference.grads, 1e-12)
+
+
+def test_dropout_comparison_detects_a_step_mismatch(always_shard):
+    """Control for the test above: with the reference one step ahead, its
+    masks differ and so does the gradient, so agreement there is not vacuous."""
+    network = mlp(dropout=0.5, seed=7)
+    reference = copy.deepcopy(network)
+    for layer in reference.layers:
+        if isinstance(layer, Dropout):
+            layer.step += 1
+    X, Y, w = batch(network, 7, seed=50)
+    with DataParallel(network, concurrent=False) as parallel:
+        parallel.loss_and_gradient(X, Y, w)
+    reference.loss_and_gradient(X, Y, w)
+    assert not np.allclose(network.grads, reference.grads, rtol=1e-6)
+
+
+# --------------------------------------------------- 4. below the threshold
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_below_threshold_is_the_plain_network_call(concurrent):
+    """With the default threshold a tiny network never shards: DataParallel
+    must return exactly network.loss_and_gradient's bits and never build the
+    replica (no memory for a second set of buffers)."""
+    network = mlp(dropout=0.5, seed=2)
+    reference = copy.deepcopy(network)
+    with DataParallel(network, concurrent) as parallel:
+        for i, n in enumerate([7, 64, 1]):
+            assert not parallel.splits(n)
+            X, Y, w = batch(network, n, seed=70 + i, weights=i == 1)
+            loss = parallel.loss_and_gradient(X, Y, w, alpha=0.2)
+            expected = reference.loss_and_gradient(X, Y, w, alpha=0.2)
+            assert loss == expected
+            assert np.array_equal(network.grads, reference.grads)
+        assert parallel._twin is None
+    assert dropout_steps(network) == dropout_steps(reference)
+
+
+def test_splits_threshold_boundary(monkeypatch):
+    """A batch shards from exactly SHARD_MIN_MULTIPLY_ADDS multiply-adds on,
+    and a single row never does."""
+    network = convnet()
+    per_sample = network.multiply_adds_per_sample
+    assert per_sample == sum(layer.multiply_adds() for layer in network.layers) > 0
+    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS", 4 * per_sample)
+    parallel = DataParallel(network, concurrent=False)
+    assert [parallel.splits(n) for n in (1, 2, 3, 4, 5, 100)] == [False] * 3 + [True] * 3
+    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS", 1)
+    assert not parallel.splits(1) and parallel.splits(2)
+
+
+def test_single_row_batch_with_forced_sharding(always_shard):
+    """One row cannot be split; it goes through the network alone."""
+    network = mlp()
+    reference = copy.deepcopy(network)
+    X, Y, _ = batch(network, 1, seed=9)
+    with DataParallel(network, concurrent=True) as parallel:
+        loss = parallel.loss_and_gradient(X, Y, alpha=0.1)
+        assert parallel._twin is None
+    assert loss == reference.loss_and_gradient(X, Y, alpha=0.1)
+    assert np.array_equal(network.grads, reference.grads)
+
+
+# -------------------------------------------------------------- 5. replica
+@pytest.mark.parametrize("make", [mlp, convnet], ids=["mlp", "conv"])
+def test_replica_shares_parameters_not_gradients(make):
+    """The replica must see every parameter update (it shares the buffer)
+    but write its gradient into a buffer of its own."""
+    network = make(dropout=0.5)
+    twin = network.replica()
+    assert np.shares_memory(twin.params, network.params)
+    assert not np.shares_memory(twin.grads, network.grads)
+    for ours, theirs in zip(network.layers, twin.layers):
+        assert ours is not theirs
+        for name in getattr(ours, "params", {}):
+            assert np.shares_memory(theirs.params[name], network.params)
+            assert np.shares_memory(theirs.grads[name], twin.grads)
+            assert not np.shares_memory(theirs.grads[name], network.grads)
+
+    X, Y, _ = batch(network, 5, seed=11)
+    before = twin.forward(X).copy()
+    assert np.array_equal(before, network.forward(X))
+    network.params *= 1.5
+    network.params[-1] += 0.25  # a bias of the output layer
+    after = twin.forward(X)
+    assert not np.array_equal(after, before)
+    assert np.array_equal(after, network.forward(X))
+
+    network.grads[...] = 0
+    twin.loss_and_gradient(X, Y, alpha=0.1)
+    assert np.any(twin.grads != 0)
+    assert not np.any(network.grads)
+
+
+def test_replica_has_its_own_per_batch_state():
+    """Interleaving a training forward pass of the replica between the
+    network's forward and backward passes must not disturb the network's
+    cached activations: the concurrent shards do exactly that."""
+    network = convnet(dropout=0.5)
+    reference = copy.deepcopy(network)
+    twin = network.replica()
+    XA, YA, _ = batch(network, 6, seed=12)
+    XB, YB, _ = batch(network, 6, seed=13)  # same size: same buffer shapes
+
+    logits = network.forward(XA, training=True)
+    twin.data_loss_and_gradient(XB, YB, None, 6)
+    loss, d_logits = LOSSES[network.output](logits, YA, None, None, 6)
+    network.backward(d_logits)
+
+    expected = reference.data_loss_and_gradient(XA, YA, None, 6)
+    assert loss == expected
+    assert np.array_equal(network.grads, reference.grads)
+
+
+# ------------------------------------------------------------ 6. threads
+def shard_threads(monkeypatch, network):
+    """Record (which network, thread name) for every data_loss_and_gradient call."""
+    calls = []
+    original = Network.data_loss_and_gradient
+
+    def recording(self, *args, **kwargs):
+        calls.append((self is network, threading.current_thread().name))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "data_loss_and_gradient", recording)
+    return calls
+
+
+def live_threads(prefix):
+    return [t for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+
+
+def test_concurrent_second_shard_runs_on_helper_thread(always_shard, monkeypatch):
+    """concurrent=True: the network's shard on the caller's thread, the
+    replica's on a 'skdigits-shard' thread, and that thread gone on exit."""
+    network = mlp()
+    calls = shard_threads(monkeypatch, network)
+    main = threading.current_thread().name
+    with DataParallel(network, concurrent=True) as parallel:
+        for seed in range(3):
+            parallel.loss_and_gradient(*batch(network, 7, seed=seed)[:2])
+        assert live_threads("skdigits-shard")
+    assert len(calls) == 6
+    assert [name for ours, name in calls if ours] == [main] * 3
+    helpers = [name for ours, name in calls if not ours]
+    assert len(helpers) == 3
+    assert all(name.startswith("skdigits-shard") for name in helpers)
+    assert not live_threads("skdigits-shard")
+
+
+def test_concurrent_shards_overlap_in_time(always_shard, monkeypatch):
+    """The two shards really run at the same time: each waits at a barrier
+    for the other, which would time out if they ran one after the other."""
+    network = mlp()
+    barrier = threading.Barrier(2, timeout=10)
+    original = Network.data_loss_and_gradient
+
+    def meeting(self, *args, **kwargs):
+        barrier.wait()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "data_loss_and_gradient", meeting)
+    reference = copy.deepcopy(network)
+    X, Y, _ = batch(network, 7, seed=1)
+    with DataParallel(network, concurrent=True) as parallel:
+        loss = parallel.loss_and_gradient(X, Y)
+    monkeypatch.setattr(Network, "data_loss_and_gradient", original)
+    assert_close(loss, reference.loss_and_gradient(X, Y), 1e-12)
+
+
+def test_sequential_shards_stay_on_calling_thread(always_shard, monkeypatch):
+    """concurrent=False: both shards on the caller's thread, no helper thread."""
+    network = mlp()
+    calls = shard_threads(monkeypatch, network)
+    main = threading.current_thread().name
+    with DataParallel(network, concurrent=False) as parallel:
+        for seed in range(3):
+            parallel.loss_and_gradient(*batch(network, 7, seed=seed)[:2])
+        assert parallel._executor is None
+        assert not live_threads("skdigits-shard")
+    assert [ours for ours, _ in calls] == [True, False] * 3
+    assert {name for _, name in calls} == {main}
+
+
+def test_helper_thread_is_joined_after_an_error(always_shard):
+    """An exception inside the block (e.g. a diverged fit) must still shut
+    the helper thread down."""
+    network = mlp()
+    with pytest.raises(RuntimeError, match="boom"):
+        with DataParallel(network, concurrent=True) as parallel:
+            parallel.loss_and_gradient(*batch(network, 7)[:2])
+            raise RuntimeError("boom")
+    assert not live_threads("skdigits-shard")
+
+
+# -------------------------------------------------------- 7. predict_logits
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("make", [mlp, convnet], ids=["mlp", "conv"])
+def test_predict_logits_concurrent_bit_identical(make, dtype, sparse, monkeypatch):
+    """Concurrent prediction splits the padded chunks between two threads;
+    every chunk is computed the same way, so the logits are the same bits
+    (1000 rows: 4 chunks, the last one partial)."""
+    network = make(dtype, dropout=0.5)
+    n_features = int(np.prod(network.input_shape))
+    rng = np.random.RandomState(21)
+    X = rng.standard_normal((1000, n_features))
+    X[rng.uniform(size=X.shape) < 0.6] = 0.0
+    to_dense = None
+    if sparse:
+        X = sp.csr_matrix(X)
+        to_dense = lambda part: part.toarray()  # noqa: E731
+
+    predicted_by = []
+    original = Network._predict_chunks
+
+    def recording(self, X, logits, starts, to_dense):
+        predicted_by.append((threading.current_thread().name, list(starts)))
+        return original(self, X, logits, starts, to_dense)
+
+    monkeypatch.setattr(Network, "_predict_chunks", recording)
+    sequential = network.predict_logits(X, to_dense=to_dense, concurrent=False)
+    concurrent = network.predict_logits(X, to_dense=to_dense, concurrent=True)
+
+    assert sequential.dtype == concurrent.dtype == network.dtype
+    assert sequential.shape == (1000, 3)
+    assert np.all(np.isfinite(sequential))
+    assert np.array_equal(sequential, concurrent)
+    # The helper thread really predicted the second half of the chunks.
+    main = threading.current_thread().name
+    assert predicted_by[0] == (main, [0, 256, 512, 768])
+    assert len(predicted_by) == 3
+    by_thread = dict(predicted_by[1:])
+    assert by_thread.pop(main) == [0, 256]
+    [(helper, starts)] = by_thread.items()
+    assert helper.startswith("skdigits-predict") and starts == [512, 768]
+    assert not live_threads("skdigits-predict")
+    # And a row's logits are those of the plain forward pass.
+    rows = X[[0, 500, 999]]
+    rows = rows.toarray() if sparse else rows
+    expected = network.forward(rows.astype(network.dtype).reshape((3,) + network.input_shape))
+    assert_close(concurrent[[0, 500, 999]], expected, TOLERANCE[dtype])
+
+
+# ---------------------------------------------------------- 8. estimators
+def blas_threads():
+    return max(lib.num_threads for lib in BLAS.select(user_api="blas").lib_controllers)
+
+
+def fit_under(threads, make, X, y, monkeypatch):
+    """Fit and predict under a BLAS limit of ``threads``; records the thread
+    name and the BLAS thread count of every shard computed."""
+    calls = []
+    original = Network.data_loss_and_gradient
+
+    def recording(self, *args, **kwargs):
+        calls.append((threading.current_thread().name, blas_threads()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "data_loss_and_gradient", recording)
+    with threadpool_limits(threads, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = make().fit(X, y)
+        proba = model.predict_proba(X)
+    monkeypatch.setattr(Network, "data_loss_and_gradient", original)
+    return model, proba, calls
+
+
+ESTIMATORS = {
+    "mlp-adam": (lambda: NumpyMLPClassifier(hidden_layer_sizes=(32,), max_iter=3,
+                                            random_state=0, dtype="float32"), 196, 600),
+    "mlp-lbfgs": (lambda: NumpyMLPClassifier(hidden_layer_sizes=(32,), max_iter=3,
+                                             solver="lbfgs", random_state=0,
+                                             dtype="float32"), 196, 600),
+    "cnn": (lambda: NumpyCNNClassifier(conv_filters=(4,), hidden_layer_sizes=(8,), max_iter=2,
+                                       random_state=0), 64, 300),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_estimator_fit_independent_of_blas_threads(always_shard, monkeypatch, name):
+    """A fit is bit-identical whether the BLAS setting lets the shards run at
+    once (2 threads) or not (1): coefficients and probabilities alike."""
+    make, n_features, n_samples = ESTIMATORS[name]
+    rng = np.random.RandomState(0)
+    X = rng.uniform(size=(n_samples, n_features)).astype(np.float32)
+    y = rng.randint(10, size=n_samples)
+
+    one, proba_one, calls_one = fit_under(1, make, X, y, monkeypatch)
+    two, proba_two, calls_two = fit_under(2, make, X, y, monkeypatch)
+
+    # The batches really were sharded, on one thread with one BLAS thread
+    # and on the helper thread with two; each shard's products on a single
+    # BLAS thread (whose bits do not depend on the setting) either way.
+    assert calls_one and len(calls_one) == len(calls_two)
+    assert not any(name.startswith("skdigits-shard") for name, _ in calls_one)
+    assert sum(name.startswith("skdigits-shard") for name, _ in calls_two) == len(calls_two) // 2
+    assert {blas for _, blas in calls_one + calls_two} == {1}
+
+    assert one.n_iter_ == two.n_iter_
+    coefs_one = getattr(one, "coefs_", None)
+    if coefs_one is not None:
+        for a, b in zip(coefs_one + one.intercepts_, two.coefs_ + two.intercepts_):
+            assert np.array_equal(a, b)
+    assert np.array_equal(one._network.params, two._network.params)
+    assert np.array_equal(proba_one, proba_two)
+    assert one.loss_curve_ == two.loss_curve_
