@@ -227,10 +227,20 @@ class Network:
         n = X.shape[0]
         chunk = np.zeros((PREDICT_CHUNK, X.shape[1]), dtype=self.dtype)
         images = chunk.reshape((PREDICT_CHUNK,) + self.input_shape)
+        # Casting to a narrower dtype turns values beyond its range into inf.
+        # Checking each chunk in cache costs a fraction of a pass over X.
+        narrowing = np.dtype(X.dtype).itemsize > self.dtype.itemsize
         for start in starts:
             stop = min(start + PREDICT_CHUNK, n)
             part = X[start:stop]
-            chunk[: stop - start] = part if to_dense is None else to_dense(part)
+            with np.errstate(over="ignore"):
+                chunk[: stop - start] = part if to_dense is None else to_dense(part)
+            if narrowing and np.isinf(chunk[: stop - start]).any():
+                limit = np.finfo(self.dtype).max
+                raise ValueError(
+                    f"X has values beyond the {self.dtype} range (|x| > {limit:.3g}) "
+                    f"in rows {start}..{stop - 1}; scale the data or compute in float64."
+                )
             if stop - start < PREDICT_CHUNK:
                 chunk[stop - start:] = 0
             logits[start:stop] = self.forward(images)[: stop - start]
