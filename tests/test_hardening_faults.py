@@ -517,6 +517,53 @@ def test_second_ctrl_c_interrupts_at_once_and_keeps_a_usable_model(monkeypatch, 
     record("Ctrl-C twice during fit", "correct result")
 
 
+@posix_signals
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_second_ctrl_c_during_concurrent_shards_keeps_a_usable_model(monkeypatch, name):
+    """As above, with every batch split into two row shards computed on two
+    threads: the second Ctrl-C lands in the main thread's shard while the
+    helper thread is computing the other one.  The fit still returns the
+    weights of the epoch's start, and no shard thread outlives it."""
+    import skdigits.nn.parallel
+
+    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS", 1)
+    rng = np.random.RandomState(0)
+    X, y = rng.rand(1000, 16), rng.randint(0, 3, 1000)
+    batches_per_epoch, target_batch = 5, 2 * 5 + 2
+    original = Network.data_loss_and_gradient
+    seen = {"main_calls": 0, "helper_threads": set(), "epoch_starts": []}
+
+    def data_loss_and_gradient(self, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            seen["helper_threads"].add(threading.current_thread().name)
+            return original(self, *args, **kwargs)
+        call = seen["main_calls"]
+        seen["main_calls"] += 1
+        if call % batches_per_epoch == 0:
+            seen["epoch_starts"].append(self.params.copy())
+        if call == target_batch:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "data_loss_and_gradient", data_loss_and_gradient)
+    est = make(name, max_iter=50, batch_size=200, tol=0.0, n_iter_no_change=np.inf)
+    with threadpool_limits(2, user_api="blas"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X, y)
+    assert seen["helper_threads"] and all(n.startswith("skdigits-shard")
+                                          for n in seen["helper_threads"])
+    assert not [t for t in threading.enumerate() if t.name.startswith("skdigits-shard")]
+    assert seen["main_calls"] == target_batch + 1, "training went on after the second Ctrl-C"
+    assert "Training interrupted by user." in [str(w.message) for w in caught]
+    assert est.n_iter_ == 2
+    assert np.array_equal(est._network.params, seen["epoch_starts"][2])
+    assert finite_weights(est)
+    proba = est.predict_proba(X)
+    assert np.all(np.isfinite(proba)) and np.allclose(proba.sum(axis=1), 1.0)
+    record("Ctrl-C twice during fit", "correct result")
+
+
 def _write_kaggle_csv(path, n, seed=0):
     rng = np.random.RandomState(seed)
     y = np.arange(n) % 10
