@@ -22,7 +22,7 @@ import numpy as np
 #: thread and back costs ~60 us here, plus the two threads taking turns at
 #: the GIL between products: for the MNIST 784-128-10 MLP, a batch of 64 rows
 #: (6.5e6) was 25% slower split, 128 rows (1.3e7) broke even and 200 rows
-#: (2.0e7) was 1.2x faster; a CNN batch of 64 MNIST images (2.2e8) is 1.7x.
+#: (2.0e7) was 1.2x faster; a CNN batch of 64 MNIST images (2.7e8) is 1.7x.
 SHARD_MIN_MULTIPLY_ADDS = 15 * 10**6
 
 
