@@ -272,7 +272,6 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             self.out_activation_ = "logistic"
         network, input_shape = self._make_network(n_features, self.n_outputs_,
                                                   self.out_activation_, "float64")
-        self._multiply_adds_per_sample = network.multiply_adds(input_shape)
         self.dtype_ = self._resolve_dtype(network, input_shape, X.shape[0])
         network.dtype = np.dtype(self.dtype_)
         uses_dropout = any(r > 0 for r in getattr(network, "dropout_rates", []))
@@ -295,7 +294,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     def _resolve_dtype(self, network, input_shape, n_samples):
         if self.dtype != "auto":
             return self.dtype
-        work = self._multiply_adds_per_sample * n_samples
+        work = network.multiply_adds(input_shape) * n_samples
         return "float32" if work >= FLOAT32_MIN_EPOCH_MULTIPLY_ADDS else "float64"
 
     def _weight_init(self):

@@ -10,6 +10,7 @@ plots read.
 
 import signal
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -223,8 +224,6 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
     converged : bool
         False when ``max_iter`` was reached without meeting the stopping rule.
     """
-    import time
-
     n = len(source)
     order = np.arange(n)
     early_stopping = validation_score is not None

@@ -108,10 +108,10 @@ def _check_size(size):
 
 
 def _allocate_rows(n_images, size):
-    n_bytes = n_images * size[0] * size[1] * np.dtype(np.float32).itemsize
     try:
         return np.empty((n_images, size[0] * size[1]), dtype=np.float32)
     except MemoryError:
+        n_bytes = n_images * size[0] * size[1] * np.dtype(np.float32).itemsize
         raise MemoryError(
             f"{n_images} images at size={size!r} need {n_bytes / 2**30:.1f} GiB of "
             f"float32 rows, more than this machine can allocate; transform them "

@@ -143,8 +143,8 @@ class Adam(StochasticOptimizer):
     def _floor_array(self):
         # np.maximum against a scalar ran ~4x slower than against an array
         # of the same values (40 against 13 us for 101,770 float32 values).
-        floor = getattr(self, "_floor_values", None)
-        if floor is None or floor.shape != self.v.shape:
+        floor = getattr(self, "_floor_values", None)  # absent after unpickling
+        if floor is None:
             floor = self._floor_values = np.full_like(self.v, self._v_floor)
         return floor
 

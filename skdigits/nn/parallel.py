@@ -44,6 +44,7 @@ class DataParallel:
     def __init__(self, network, concurrent=True):
         self.network = network
         self.concurrent = bool(concurrent)
+        self._work_per_row = network.multiply_adds_per_sample
         self._twin = None
         self._executor = None
 
@@ -63,8 +64,7 @@ class DataParallel:
 
     def splits(self, n_rows):
         """Whether a batch of ``n_rows`` is computed as two shards."""
-        work = n_rows * self.network.multiply_adds_per_sample
-        return n_rows >= 2 and work >= SHARD_MIN_MULTIPLY_ADDS
+        return n_rows >= 2 and n_rows * self._work_per_row >= SHARD_MIN_MULTIPLY_ADDS
 
     def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None):
         """As :meth:`Network.loss_and_gradient`, over two shards when the batch is large."""
