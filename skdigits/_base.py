@@ -534,9 +534,11 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------ prediction
     def _validated(self, X):
         check_is_fitted(self)
-        # Values beyond the float32 range are caught where each chunk is cast
-        # (Network.predict_logits), not by an extra pass over X here.
-        return validate_data(self, X, accept_sparse=["csr", "csc"], dtype="numeric", reset=False)
+        # NaN, inf and values beyond the float32 range are caught where each
+        # chunk is cast (Network.predict_logits): checking here would be one
+        # more pass over X, an eighth of predict_proba's time on MNIST.
+        return validate_data(self, X, accept_sparse=["csr", "csc"], dtype="numeric",
+                             reset=False, ensure_all_finite=False)
 
     def _logits(self, X):
         """Float64 logits for validated X; a clear error instead of inf/NaN outputs."""

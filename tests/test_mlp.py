@@ -26,6 +26,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from skdigits import NumpyMLPClassifier
+from skdigits.nn import PREDICT_CHUNK
 from skdigits.training import TrainingDiverged
 
 _DIGITS_X, DIGITS_Y = load_digits(return_X_y=True)
@@ -892,6 +893,28 @@ def test_wrong_number_of_features_at_predict():
     clf = quiet_fit(NumpyMLPClassifier(hidden_layer_sizes=(4,), max_iter=1), X_SMALL, Y_SMALL)
     with pytest.raises(ValueError, match="features"):
         clf.predict(X_SMALL[:, :10])
+
+
+@pytest.mark.parametrize("concurrent_blas", [1, 2])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("value, word", [(np.nan, "NaN"), (np.inf, "infinity"),
+                                         (-np.inf, "infinity"), (1e39, "float32")])
+def test_predict_names_the_first_bad_row_in_any_chunk(value, word, sparse, concurrent_blas):
+    """predict checks X chunk by chunk (no extra pass over X): whichever chunk
+    and thread a bad value lands in, the error names its row."""
+    clf = quiet_fit(NumpyMLPClassifier(dtype="float32", hidden_layer_sizes=(4,), max_iter=1,
+                                       random_state=0), X_SMALL, Y_SMALL)
+    n_rows = 4 * PREDICT_CHUNK + 3
+    X = np.tile(X_SMALL, (n_rows // len(X_SMALL) + 1, 1))[:n_rows]
+    for row in (0, PREDICT_CHUNK - 1, 3 * PREDICT_CHUNK + 1, n_rows - 1):
+        bad = X.copy()
+        bad[row, 7] = value
+        bad[n_rows - 1, 2] = value  # a later bad row must not be the one named
+        if sparse:
+            bad = sp.csr_matrix(bad)
+        with threadpool_limits(concurrent_blas), pytest.raises(ValueError, match=word) as info:
+            clf.predict_proba(bad)
+        assert f"row {row}" in str(info.value)
 
 
 def test_values_beyond_float32_range_with_float32_raise():

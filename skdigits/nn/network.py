@@ -227,20 +227,16 @@ class Network:
         n = X.shape[0]
         chunk = np.zeros((PREDICT_CHUNK, X.shape[1]), dtype=self.dtype)
         images = chunk.reshape((PREDICT_CHUNK,) + self.input_shape)
-        # Casting to a narrower dtype turns values beyond its range into inf.
-        # Checking each chunk in cache costs a fraction of a pass over X.
-        narrowing = np.dtype(X.dtype).itemsize > self.dtype.itemsize
         for start in starts:
             stop = min(start + PREDICT_CHUNK, n)
-            part = X[start:stop]
-            with np.errstate(over="ignore"):
-                chunk[: stop - start] = part if to_dense is None else to_dense(part)
-            if narrowing and np.isinf(chunk[: stop - start]).any():
-                limit = np.finfo(self.dtype).max
-                raise ValueError(
-                    f"X has values beyond the {self.dtype} range (|x| > {limit:.3g}) "
-                    f"in rows {start}..{stop - 1}; scale the data or compute in float64."
-                )
+            part = X[start:stop] if to_dense is None else to_dense(X[start:stop])
+            with np.errstate(over="ignore", invalid="ignore"):
+                chunk[: stop - start] = part
+            # NaN and inf in X, and values that overflow the cast to a narrower
+            # dtype, are caught here while the chunk is in cache: a separate
+            # check of X would be one more pass over all of it.
+            if not np.isfinite(chunk[: stop - start]).all():
+                raise _non_finite_input_error(part, start, self.dtype)
             if stop - start < PREDICT_CHUNK:
                 chunk[stop - start:] = 0
             logits[start:stop] = self.forward(images)[: stop - start]
@@ -253,3 +249,20 @@ class Network:
     def log_probabilities(self, logits):
         """Log of :meth:`probabilities`, from the logits directly (never log(0))."""
         return LOG_OUTPUT_ACTIVATIONS[self.output](np.asarray(logits, dtype=np.float64))
+
+
+def _non_finite_input_error(part, start, dtype):
+    """ValueError naming the first row of ``part`` (rows ``start``.. of X)
+    that holds NaN or inf, or a value beyond the range of ``dtype``."""
+    part = np.asarray(part)
+    limit = np.finfo(dtype).max
+    problems = (("Input X contains NaN", np.isnan),
+                ("Input X contains infinity", np.isinf),
+                (f"X has values beyond the {dtype} range (|x| > {limit:.3g})",
+                 lambda values: np.abs(values) > limit))
+    for message, is_bad in problems:
+        rows = np.flatnonzero(is_bad(part).any(axis=1))
+        if len(rows):
+            break
+    advice = "; scale the data or compute in float64" if message.startswith("X has") else ""
+    return ValueError(f"{message}, first in row {start + rows[0]}{advice}.")
