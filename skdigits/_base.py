@@ -3,6 +3,7 @@
 partial_fit) around the engine and the training loop.  Subclasses only say
 which network to build."""
 
+import copy
 import functools
 import os
 import threading
@@ -417,8 +418,6 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
 
     def _snapshot(self):
         """Fitted attributes that make a copy of this estimator predict as it is now."""
-        import copy
-
         self._sync_history()
         return {"_network": copy.deepcopy(self._network), "n_iter_": self._history.n_iter,
                 "loss_curve_": list(self._history.loss_curve)}

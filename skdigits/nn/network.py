@@ -41,13 +41,17 @@ class Network:
         self.dtype = np.dtype(dtype)
 
     # ----------------------------------------------------------- construction
-    def multiply_adds(self, input_shape):
-        """Forward multiply-adds per sample for per-sample ``input_shape``."""
-        shape, total = tuple(input_shape), 0
+    def _build_layers(self, input_shape):
+        """Build every layer for per-sample ``input_shape``; return the output shape."""
+        shape = tuple(input_shape)
         for layer in self.layers:
             shape = layer.build(shape, self.dtype)
-            total += layer.multiply_adds()
-        return total
+        return shape
+
+    def multiply_adds(self, input_shape):
+        """Forward multiply-adds per sample for per-sample ``input_shape``."""
+        self._build_layers(input_shape)
+        return self.multiply_adds_per_sample
 
     @property
     def multiply_adds_per_sample(self):
@@ -60,12 +64,8 @@ class Network:
         ``random_state`` (a ``numpy.random.RandomState``) draws the initial
         weights layer by layer; ``seed`` seeds the Generator used by dropout.
         """
-        shape = tuple(input_shape)
-        specs = []
-        for layer in self.layers:
-            shape = layer.build(shape, self.dtype)
-            specs.append(layer.param_specs())
-        self.output_shape = shape
+        self.output_shape = self._build_layers(input_shape)
+        specs = [layer.param_specs() for layer in self.layers]
 
         # Penalized parameters first: the L2 term is then one slice.
         order = [(i, s) for penalized in (True, False)
@@ -123,9 +123,7 @@ class Network:
         if "params" in state:
             self.grads = np.zeros_like(self.params)
         if "_layout" in state:
-            shape = self.input_shape
-            for layer in self.layers:
-                shape = layer.build(shape, self.dtype)
+            self._build_layers(self.input_shape)
             self._bind()
             self._prepare_row_keys()
 
@@ -193,9 +191,7 @@ class Network:
         # copy.copy goes through Layer.__getstate__: configuration only, no
         # buffers or views, which build and _bind then make anew.
         twin.layers = [copy.copy(layer) for layer in self.layers]
-        shape = self.input_shape
-        for layer in twin.layers:
-            shape = layer.build(shape, self.dtype)
+        twin._build_layers(self.input_shape)
         twin.grads = np.zeros_like(self.params)
         twin._bind()
         twin._prepare_row_keys()
