@@ -49,9 +49,9 @@ class Dataset:
     'npz' or 'images'.
     """
 
-    def __init__(self, X, y, description, kind, rows=None, filenames=None):
+    def __init__(self, X, y, description, kind, rows=None):
         self.X, self.y, self.description, self.kind = X, y, description, kind
-        self.rows, self.filenames = rows, filenames
+        self.rows = rows
 
     def __len__(self):
         return len(self.X)
@@ -112,7 +112,7 @@ def read_labelled(path, split):
             return Dataset(list(bunch.filenames), _folder_labels(bunch),
                            f"image folder {path} ({len(bunch.target)} images, "
                            f"{len(bunch.target_names)} classes)",
-                           "images", rows=bunch.data, filenames=list(bunch.filenames))
+                           "images", rows=bunch.data)
         suffix = path.suffix.lower()
         if suffix == ".npz":
             return _read_npz(path, split, need_labels=True)
@@ -177,7 +177,7 @@ def read_unlabelled(paths):
             raise UserError(f"{path}: expected a Kaggle .csv file, a .npz file, image files "
                             "or folders of images")
     what = f"{paths[0]}" if len(paths) == 1 else f"{len(paths)} paths"
-    return Dataset(files, None, f"{what} ({len(files)} images)", "images", filenames=files)
+    return Dataset(files, None, f"{what} ({len(files)} images)", "images")
 
 
 # ----------------------------------------------------------------- files
@@ -458,11 +458,8 @@ def _cnn_class():
     try:
         from .cnn import NumpyCNNClassifier
     except ImportError:
-        try:
-            from . import NumpyCNNClassifier
-        except ImportError:
-            raise UsageError("--model cnn needs skdigits.NumpyCNNClassifier, which this "
-                             "installation does not have; use --model mlp") from None
+        raise UsageError("--model cnn needs skdigits.NumpyCNNClassifier, which this "
+                         "installation does not have; use --model mlp") from None
     return NumpyCNNClassifier
 
 
@@ -532,11 +529,12 @@ def train(args):
     # same (stateless) preprocessing, so the model file takes raw digits.
     images = ImageTransformer()
     try:
-        images.fit(_take(data.X, train_index))
+        raw_train = _take(data.X, train_index)
+        images.fit(raw_train)
         if data.rows is not None:  # image folders come preprocessed the same way
             X_train, X_val = data.rows[train_index], data.rows[val_index]
         else:
-            X_train = images.transform(_take(data.X, train_index))
+            X_train = images.transform(raw_train)
             X_val = images.transform(_take(data.X, val_index)) if len(val_index) else None
     except ValueError as exc:
         raise UserError(f"{args.data}: {exc}") from exc
@@ -645,7 +643,7 @@ def predict(args):
         print(f"Wrote {len(y_pred)} predictions for {data.description} to {out} "
               "(Kaggle submission: ImageId,Label)")
     else:
-        _write_labels(out, data.filenames, y_pred)
+        _write_labels(out, data.X, y_pred)  # X holds the image file paths
         print(f"Wrote {len(y_pred)} predictions for {data.description} to {out} "
               "(filename,label)")
     return EXIT_OK
@@ -708,14 +706,14 @@ def evaluate(args):
         confidence = None
         if hasattr(est, "predict_proba"):
             confidence = est.predict_proba(Xt).max(axis=1)
-        saved = _evaluation_plots(Path(args.plots), model, est, Xt, y_true, y_pred,
-                                  labels, confidence)
+        saved = _evaluation_plots(Path(args.plots), est, Xt, y_true, y_pred, labels,
+                                  confidence)
         print()
         print("Saved " + ", ".join(str(p) for p in saved))
     return EXIT_OK
 
 
-def _evaluation_plots(directory, model, est, Xt, y_true, y_pred, labels, confidence):
+def _evaluation_plots(directory, est, Xt, y_true, y_pred, labels, confidence):
     from matplotlib.figure import Figure
 
     from .plot import (plot_confusion_matrix, plot_learning_curves, plot_misclassified,

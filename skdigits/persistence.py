@@ -54,9 +54,9 @@ def trusted_types():
     names : list of str
         Sorted fully qualified type names: the classifiers, the engine's
         network, layers and optimizers, the training history, the image
-        preprocessing, and ``numpy.dtype``.  The CNN classifier is included
-        when this version of skdigits has it.
+        preprocessing, and ``numpy.dtype``.
     """
+    from .cnn import NumpyCNNClassifier
     from .data.images import ImageTransformer
     from .mlp import NumpyMLPClassifier
     from .nn.conv import Conv2D, Flatten, MaxPool2D
@@ -65,23 +65,9 @@ def trusted_types():
     from .nn.optimizers import SGD, Adam
     from .training import TrainingHistory
 
-    classes = [NumpyMLPClassifier, Network, Dense, Dropout, Conv2D, MaxPool2D, Flatten,
-               Adam, SGD, TrainingHistory, ImageTransformer]
-    cnn = _cnn_class()
-    if cnn is not None:
-        classes.append(cnn)
+    classes = [NumpyMLPClassifier, NumpyCNNClassifier, Network, Dense, Dropout, Conv2D,
+               MaxPool2D, Flatten, Adam, SGD, TrainingHistory, ImageTransformer]
     return sorted({_type_name(cls) for cls in classes} | set(_NUMPY_TYPES))
-
-
-def _cnn_class():
-    try:
-        from .cnn import NumpyCNNClassifier
-    except ImportError:
-        try:
-            from . import NumpyCNNClassifier
-        except ImportError:
-            return None
-    return NumpyCNNClassifier
 
 
 def save_model(estimator, path):

@@ -259,25 +259,26 @@ def _check_pixel_count(img):
 
 def _read_image_file(path):
     """Decode an image file into a grey float32 array and its full scale."""
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns about large images at open(); the stricter
-            # MAX_IMAGE_PIXELS check below turns them into an error instead.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_pixel_count(img)
-                # verify() accepts some truncated files; decoding every pixel does not.
-                img.load()
-                return _pil_to_gray(img)
-    except (_UnreadableImage, MemoryError):
-        raise
-    except Exception as exc:  # Pillow raises many types for malformed data
-        raise _UnreadableImage(f"{type(exc).__name__}: {exc}") from exc
+    with warnings.catch_warnings():
+        # Pillow warns about large images at open() (and some formats at
+        # load()); the stricter MAX_IMAGE_PIXELS check in _read_pil_image
+        # turns them into an error instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except MemoryError:
+            raise
+        except Exception as exc:  # Pillow raises many types for malformed data
+            raise _UnreadableImage(f"{type(exc).__name__}: {exc}") from exc
+        with img:
+            return _read_pil_image(img)
 
 
 def _read_pil_image(img):
+    """Decode an open Pillow image into a grey float32 array and its full scale."""
     try:
         _check_pixel_count(img)
+        # verify() accepts some truncated files; decoding every pixel does not.
         img.load()
         return _pil_to_gray(img)
     except (_UnreadableImage, MemoryError):
