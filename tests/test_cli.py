@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 from sklearn.pipeline import Pipeline
 
 import skdigits
-from skdigits import NumpyMLPClassifier, cli
+from skdigits import NumpyCNNClassifier, NumpyMLPClassifier, cli
 from skdigits.data import ImageTransformer, load_image_folder
 from skdigits.persistence import load_model, save_model
 
@@ -214,17 +214,12 @@ def test_train_options_reach_the_estimator(capsys, data, tmp_path):
 
 
 def test_train_cnn(capsys, data, tmp_path, monkeypatch):
-    try:
-        from skdigits.cnn import NumpyCNNClassifier
-    except ImportError:
-        NumpyCNNClassifier = None
-    if NumpyCNNClassifier is not None:
-        images, labels = upscaled_digits(40)
-        small = write_csv(tmp_path / "small.csv", images, labels)
-        code, out, err = run(capsys, "train", small, "-o", tmp_path / "cnn.skops",
-                             "--model", "cnn", "--epochs", "1", "--validation", "0")
-        assert code == 0, err
-        assert isinstance(load_model(tmp_path / "cnn.skops")[-1], NumpyCNNClassifier)
+    images, labels = upscaled_digits(40)
+    small = write_csv(tmp_path / "small.csv", images, labels)
+    code, out, err = run(capsys, "train", small, "-o", tmp_path / "cnn.skops",
+                         "--model", "cnn", "--epochs", "1", "--validation", "0")
+    assert code == 0, err
+    assert isinstance(load_model(tmp_path / "cnn.skops")[-1], NumpyCNNClassifier)
     # Without the CNN: a clear usage error.
     monkeypatch.setitem(sys.modules, "skdigits.cnn", None)
     monkeypatch.delattr(skdigits, "NumpyCNNClassifier", raising=False)

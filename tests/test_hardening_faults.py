@@ -41,7 +41,7 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 import skdigits
 from hardening_support import (  # noqa: F401 - the autouse fixture must be imported
@@ -297,11 +297,6 @@ def test_predictions_from_8_threads_equal_serial(concurrent_models, name):
                 record(family, "FAILURE: differs")
                 pytest.fail(f"thread {i} ({kind}) differs from the serial result")
             record(family, "correct result")
-
-
-def _blas_threads():
-    return sorted((i["internal_api"], i["filepath"], i["num_threads"])
-                  for i in threadpool_info() if i["user_api"] == "blas")
 
 
 OVERLAPPING_PREDICTIONS = r"""

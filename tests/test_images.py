@@ -559,7 +559,8 @@ def test_images_of_different_sizes_in_one_list(tmp_path):
 # ---------------------------------------------------------- sklearn API
 
 
-@parametrize_with_checks([ImageTransformer(), ImageTransformer(size=(8, 8), center=False)])
+# The default ImageTransformer() is checked in test_common.py with the other estimators.
+@parametrize_with_checks([ImageTransformer(size=(8, 8), center=False)])
 def test_sklearn_compatible_transformer(estimator, check):
     check(estimator)
 

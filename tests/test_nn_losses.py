@@ -15,9 +15,6 @@ from hypothesis.extra import numpy as hnp
 from skdigits.nn import LOSSES, binary_cross_entropy, log_softmax, sigmoid, softmax, softmax_cross_entropy
 from skdigits.nn.losses import log_sigmoid
 
-TINY32 = np.finfo(np.float32).tiny
-TINY64 = np.finfo(np.float64).tiny
-
 
 # --------------------------------------------------------------- references
 def naive_softmax(Z):
