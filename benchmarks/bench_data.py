@@ -22,7 +22,6 @@ Run from the repository root::
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -34,12 +33,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import DEFAULT_MNIST, REPO, load_average, machine
+
 sys.path.insert(0, str(REPO))
 
 from skdigits.data import ImageTransformer, load_digit_csv  # noqa: E402
-
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist.npz"
 
 
 def digits_28(n_rows, data_path):
@@ -102,26 +100,9 @@ def write_pngs(folder, images, scale=1):
     return paths
 
 
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu}, {os.cpu_count()} cores, load avg {load:.1f}; Python {platform.python_version()}, "
-        f"NumPy {np.__version__}, pandas {pd.__version__}, Pillow {Image.__version__}"
-    )
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("SKDIGITS_MNIST", DEFAULT_DATA)),
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("SKDIGITS_MNIST", DEFAULT_MNIST)),
                         help="mnist.npz (keys X_train, y_train); falls back to sklearn digits")
     parser.add_argument("--rows", type=int, default=42_000, help="rows in the CSV")
     parser.add_argument("--images", type=int, default=10_000, help="28 x 28 PNG files")
@@ -129,7 +110,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3, help="timed runs; the best is kept")
     args = parser.parse_args(argv)
 
-    images, labels, source = digits_28(max(args.rows, args.images), args.data)
+    images, labels, source = digits_28(max(args.rows, args.images, args.large_images), args.data)
     work = Path(tempfile.mkdtemp(prefix="skdigits-bench-"))
     rows = []
     try:
@@ -168,7 +149,8 @@ def main(argv=None):
 
     print(f"date:    {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(f"command: python {' '.join([Path(sys.argv[0]).as_posix()] + (argv or sys.argv[1:]))}")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; pandas {pd.__version__}, Pillow {Image.__version__}; "
+          f"{load_average()}")
     print(f"data:    {source}")
     print(f"timing:  best of {args.repeat} runs; peak = tracemalloc peak of one more run\n")
     width = max(len(r[0]) for r in rows)
