@@ -354,6 +354,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         self.best_validation_score_ = history.best_validation_score
         self.best_loss_ = history.best_loss
         self.t_ = history.t
+        self.stop_reason_ = history.stop_reason
         if self.solver in _STOCHASTIC_SOLVERS:
             self.n_iter_ = history.n_iter
         if history.loss_curve:
@@ -449,6 +450,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         # scipy reports an iteration once it is done: begin and end it together.
         hooks = [lambda history: (begin_hooks[0](history), end_hooks[0](history))] \
             if begin_hooks else []
+        self._history.stop_reason = ""
         result = train_lbfgs(self._network, source, alpha=self.alpha, max_iter=self.max_iter,
                              max_fun=self.max_fun, tol=self.tol, history=self._history,
                              verbose=self.verbose, iteration_callbacks=hooks,
@@ -461,6 +463,8 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             return
         self.n_iter_ = min(int(result.nit), self.max_iter)
         self.loss_ = float(result.fun)
+        if self._history.stop_reason != "callback":
+            self._history.stop_reason = "converged" if result.status == 0 else "max_iter"
         if result.status != 0:
             message = result.message.decode() if isinstance(result.message, bytes) else result.message
             warnings.warn(

@@ -104,7 +104,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
     Attributes
     ----------
     classes_, loss_, best_loss_, loss_curve_, validation_scores_,
-    best_validation_score_, t_, coefs_, intercepts_, n_features_in_,
+    best_validation_score_, t_, stop_reason_, coefs_, intercepts_, n_features_in_,
     feature_names_in_, n_iter_, n_layers_, n_outputs_, out_activation_, dtype_
         As for :class:`NumpyMLPClassifier`; ``coefs_`` holds the convolution
         kernels (kh, kw, c_in, filters) then the dense weight matrices.

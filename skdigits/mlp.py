@@ -107,6 +107,13 @@ class NumpyMLPClassifier(BaseNetClassifier):
         The best validation accuracy, with early stopping.
     t_ : int
         Number of training samples seen by the stochastic solver.
+    stop_reason_ : str
+        Why the last ``fit`` or ``partial_fit`` stopped: 'converged' (the
+        stopping rule on ``tol`` / ``n_iter_no_change`` was met, or L-BFGS
+        converged), 'max_iter' (the ``max_iter`` or ``max_fun`` budget ran
+        out, with a ConvergenceWarning), 'interrupted' (Ctrl-C), 'callback'
+        (a ``sklearn.callback`` callback asked to stop) or 'partial_fit' (the
+        one epoch of ``partial_fit`` is done).
     coefs_ : list of ndarray
         Weight matrix of each layer, shape (fan_in, fan_out), in ``dtype``
         (MLPClassifier keeps the input's dtype instead).  Views of the

@@ -240,6 +240,7 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
         history.validation_scores, history.best_validation_score = [], -np.inf
         history.best_loss = None
     converged = False
+    history.stop_reason = "max_iter"
     with _InterruptFlag() as interrupt, DataParallel(network, concurrent) as parallel:
         try:
             for _ in range(max_iter):
@@ -333,6 +334,7 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                     break
                 if incremental:
                     converged = True
+                    history.stop_reason = "partial_fit"
                     break
         except KeyboardInterrupt:
             # A second Ctrl-C, or one outside the main thread: the batch in
