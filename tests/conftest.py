@@ -1,0 +1,71 @@
+"""Fixtures shared by the test files.
+
+Use them by name, or for a whole module with
+``pytestmark = pytest.mark.usefixtures("one_blas_thread")``.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
+
+#: The data at hand beside the repository (never copied into it); tests that
+#: need it skip when it is absent.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def one_blas_thread():
+    """One BLAS thread for the test.
+
+    The test networks are tiny: a second BLAS thread gains nothing, and on a
+    busy machine OpenBLAS's spinning threads make runs 10-40x slower.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@pytest.fixture
+def no_convergence_warnings():
+    """Silence ConvergenceWarning: for tests that cut max_iter short on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 1,797 8x8 digits, pixels scaled to [0, 1]."""
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+@pytest.fixture(scope="session")
+def mnist_path():
+    """The full MNIST archive in ../shared/data, or skip."""
+    path = SHARED_DATA / "mnist.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    return path
+
+
+def write_kaggle_csv(path, pixels, labels=None):
+    """Write rows of 784 pixels (0-255) in Kaggle Digit Recognizer's layout.
+
+    With ``labels``, a ``label`` column comes first (train.csv); without,
+    the pixels alone (test.csv).
+    """
+    pixels = np.asarray(pixels, dtype=np.int64).reshape(len(pixels), -1)
+    header = [f"pixel{i}" for i in range(pixels.shape[1])]
+    rows = pixels
+    if labels is not None:
+        header = ["label"] + header
+        rows = np.column_stack([np.asarray(labels, dtype=np.int64), pixels])
+    with open(path, "w", newline="") as f:
+        f.write(",".join(header) + "\n")
+        np.savetxt(f, rows, fmt="%d", delimiter=",")
+    return path
