@@ -37,6 +37,7 @@ class TrainingHistory:
     no_improvement_count: int = 0
     n_iter: int = 0
     t: int = 0
+    steps: int = 0
     epoch_seconds: list = field(default_factory=list)
     interrupted: bool = False
     stop_reason: str = ""
@@ -258,7 +259,7 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                         range(0, n, batch_size), source.batches(order, batch_size)):
                     if wb is not None and not wb.sum() > 0:
                         continue  # zero-weight samples only: nothing to learn here
-                    loss = parallel.loss_and_gradient(Xb, Yb, wb, alpha)
+                    loss = parallel.loss_and_gradient(Xb, Yb, wb, alpha, step=history.steps)
                     if not np.isfinite(loss):
                         first_step = history.n_iter == 0 and start == 0 and not history.t
                         if early_stopping and np.isfinite(history.best_validation_score):
@@ -272,6 +273,7 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
                     if history.first_batch_loss is None:
                         history.first_batch_loss = loss
                     optimizer.step(network.grads)
+                    history.steps += 1
                     accumulated += loss * len(positions)
                     if interrupt.requested:
                         break
@@ -348,7 +350,7 @@ def train_stochastic(network, optimizer, source, *, batch_size, max_iter, shuffl
     return converged or history.interrupted
 
 
-def full_batch_objective(network, source, alpha, parallel, chunk_rows=4096):
+def full_batch_objective(network, source, alpha, parallel, history, chunk_rows=4096):
     """``params -> (loss, grad)`` over all of ``source``, for L-BFGS.
 
     Rows are processed ``chunk_rows`` at a time (memory stays at one chunk's
@@ -365,8 +367,10 @@ def full_batch_objective(network, source, alpha, parallel, chunk_rows=4096):
         loss = 0.0
         for start in range(0, n, chunk_rows):
             Xb, Yb, wb = source.gather(np.arange(start, min(start + chunk_rows, n)))
-            loss += parallel.loss_and_gradient(Xb, Yb, wb, 0.0, weight_sum=total_weight)
+            loss += parallel.loss_and_gradient(Xb, Yb, wb, 0.0, weight_sum=total_weight,
+                                               step=history.steps)
             np.add(grad_sum, network.grads, out=grad_sum)
+        history.steps += 1  # one evaluation: one dropout mask over all chunks
         W = x[:network.n_penalized]
         loss += 0.5 * alpha * float(np.dot(W, W)) / total_weight
         grad_sum[:network.n_penalized] += (alpha / total_weight) * W
@@ -384,7 +388,7 @@ def train_lbfgs(network, source, *, alpha, max_iter, max_fun, tol, history, verb
     for :func:`train_stochastic`.
     """
     parallel = DataParallel(network, concurrent)
-    objective = full_batch_objective(network, source, alpha, parallel)
+    objective = full_batch_objective(network, source, alpha, parallel, history)
     best = {"loss": np.inf, "x": network.params.astype(np.float64)}
 
     def tracked(x):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from skdigits.nn import ACTIVATIONS, DERIVATIVES, Dense, Dropout, Network
-from skdigits.nn.layers import _odd_salts, row_hashes
+from skdigits.nn.layers import Batch, _odd_salts, row_hashes
 
 ACTIVATION_NAMES = ["identity", "logistic", "tanh", "relu"]
 # target name -> (output function, number of outputs)
@@ -58,19 +58,16 @@ def reference_loss(net, X, Y, w, alpha, weight_sum=None):
     return float((w * per_sample).sum() / S + penalty / S)
 
 
-def numerical_gradient(net, X, Y, w, alpha, reseed=None):
-    """Central differences of ``net.loss_and_gradient`` w.r.t. every entry of ``net.params``."""
+def numerical_gradient(net, X, Y, w, alpha):
+    """Central differences of ``net.loss_and_gradient`` w.r.t. every entry of
+    ``net.params`` (all at training step 0, so dropout masks stay fixed)."""
     params = net.params
     num = np.empty(params.shape, dtype=np.float64)
     for i in range(params.size):
         old = params[i]
         params[i] = old + H
-        if reseed:
-            reseed()
         plus = net.loss_and_gradient(X, Y, w, alpha)
         params[i] = old - H
-        if reseed:
-            reseed()
         minus = net.loss_and_gradient(X, Y, w, alpha)
         params[i] = old
         num[i] = (plus - minus) / (2 * H)
@@ -270,9 +267,10 @@ def build_dropout(rate, shape=(4, 10), dtype="float64", seed=0):
     return layer
 
 
-def expected_keep(layer, X):
-    """The mask a stand-alone layer draws for X at its current step."""
-    return layer.keep_mask(row_hashes(X, _odd_salts(X[0].size, layer.seed))).reshape(X.shape)
+def expected_keep(layer, X, step=0):
+    """The mask a stand-alone layer draws for X at training ``step``."""
+    keys = row_hashes(X, _odd_salts(X[0].size, layer.seed))
+    return layer.keep_mask(keys, step).reshape(X.shape)
 
 
 @pytest.mark.parametrize("rate", [0.2, 0.5, 0.8])
@@ -316,12 +314,14 @@ def test_dropout_preserves_mean_scale():
     np.testing.assert_allclose(np.unique(out), [0.0, 2.0 / (1 - rate)], rtol=1e-15)
 
 
-def test_dropout_new_mask_each_call():
+def test_dropout_new_mask_each_step_same_mask_same_step():
     layer = build_dropout(0.5)
     X = np.ones((4, 10))
-    a = layer.forward(X, training=True).copy()
-    b = layer.forward(X, training=True).copy()
+    a = layer.forward(X, training=True, batch=Batch(step=0)).copy()
+    b = layer.forward(X, training=True, batch=Batch(step=1)).copy()
+    again = layer.forward(X, training=True, batch=Batch(step=1)).copy()
     assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(again, b)
 
 
 def test_dropout_mask_follows_the_sample_not_its_position():
@@ -341,7 +341,8 @@ def test_dropout_mask_follows_the_sample_not_its_position():
 def test_dropout_units_and_steps_are_roughly_independent():
     layer = build_dropout(0.5, shape=(1, 400), seed=1)
     X = np.ones((1, 400))
-    masks = np.array([layer.forward(X, training=True)[0] != 0 for _ in range(200)])
+    masks = np.array([layer.forward(X, training=True, batch=Batch(step=k))[0] != 0
+                      for k in range(200)])
     assert abs(masks.mean() - 0.5) < 0.01
     # Across steps each unit is kept about half the time; units are uncorrelated.
     assert np.all(np.abs(masks.mean(axis=0) - 0.5) < 0.2)
@@ -391,21 +392,16 @@ def test_network_with_dropout_gradient_fixed_mask(activation, target):
     net, X, Y, w = make_problem(activation, target, seed=20, layers=dropout_arch)
     dropouts = [layer for layer in net.layers if isinstance(layer, Dropout)]
 
-    def reseed():
-        for layer in dropouts:
-            layer.step = 0  # the mask is a function of (input rows, unit, step, seed)
-
-    reseed()
-    loss = net.loss_and_gradient(X, Y, w, 0.1)
+    # The mask is a function of (input rows, unit, step, seed): step 0 twice.
+    loss = net.loss_and_gradient(X, Y, w, 0.1, step=0)
     analytic = net.grads.copy()
     masks = [layer._buffers["mask"].copy() for layer in dropouts]
     assert all((m == 0).any() and (m != 0).any() for m in masks)  # dropout really active
     # Same mask, same loss: the loss is a deterministic function of params.
-    reseed()
-    assert net.loss_and_gradient(X, Y, w, 0.1) == loss
+    assert net.loss_and_gradient(X, Y, w, 0.1, step=0) == loss
     # The mask makes training loss differ from the dropout-free loss.
     assert loss != pytest.approx(reference_loss(net, X, Y, w, 0.1), rel=1e-6)
-    numeric = numerical_gradient(net, X, Y, w, 0.1, reseed=reseed)
+    numeric = numerical_gradient(net, X, Y, w, 0.1)
     assert_gradients_close(analytic, numeric)
 
 

@@ -65,10 +65,6 @@ def batch(network, n, seed=0, weights=False):
     return X, Y, w
 
 
-def dropout_steps(network):
-    return [layer.step for layer in network.layers if isinstance(layer, Dropout)]
-
-
 def assert_close(actual, expected, rtol):
     """Elementwise close, with an absolute floor scaled to the array's size."""
     expected = np.asarray(expected, dtype=np.float64)
@@ -135,54 +131,44 @@ def test_sharded_with_explicit_weight_sum(always_shard, concurrent):
 def test_concurrent_equals_sequential_bit_for_bit(always_shard, kind, dtype):
     """The thread only changes when the second shard runs, never what it
     computes: over consecutive batches of changing sizes (buffers re-made)
-    and parameter updates, with dropout, losses and gradients are identical,
-    and the dropout step advances once per batch on both sides."""
+    and parameter updates, with dropout at a new step each batch, losses and
+    gradients are identical."""
     first = NETWORKS[kind](dtype, dropout=0.5, seed=3)
     second = copy.deepcopy(first)
-    start = dropout_steps(first)
-    assert start and start == dropout_steps(second)
     sizes = [7, 8, 7, 5, 16, 3, 7, 11]
     with DataParallel(first, concurrent=True) as threaded, \
             DataParallel(second, concurrent=False) as sequential:
         for i, n in enumerate(sizes):
             X, Y, w = batch(first, n, seed=10 + i, weights=i % 2 == 1)
-            loss_t = threaded.loss_and_gradient(X, Y, w, alpha=0.01)
-            loss_s = sequential.loss_and_gradient(X, Y, w, alpha=0.01)
+            loss_t = threaded.loss_and_gradient(X, Y, w, alpha=0.01, step=i)
+            loss_s = sequential.loss_and_gradient(X, Y, w, alpha=0.01, step=i)
             assert loss_t == loss_s
             assert np.array_equal(first.grads, second.grads)
             sgd_step(first)
             sgd_step(second)
         assert np.array_equal(first.params, second.params)
-        assert dropout_steps(first) == [s + len(sizes) for s in start]
-        assert dropout_steps(second) == dropout_steps(first)
-        # The replicas were re-synchronised before every batch.
-        assert dropout_steps(threaded._twin) == dropout_steps(first)
-        assert dropout_steps(sequential._twin) == dropout_steps(first)
 
 
-def test_dropout_steps_stay_in_sync_when_some_batches_do_not_split(monkeypatch):
-    """Batches below the threshold run on the network alone and advance only
-    its steps; the next sharded batch must still draw the replica's masks
-    at the network's step (compared with an unsharded copy)."""
+def test_split_and_unsplit_batches_draw_the_masks_of_their_step(monkeypatch):
+    """Batches below the threshold run on the network alone, larger ones as
+    two shards; either way a batch draws the masks of the step it is given
+    (compared with an unsharded copy)."""
     network = mlp(dropout=0.5, seed=5)
     reference = copy.deepcopy(network)
     # Batches of >= 6 rows shard, smaller ones do not.
     monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS",
                         6 * network.multiply_adds_per_sample)
-    start = dropout_steps(network)
     sizes = [7, 4, 3, 9, 5, 6, 2, 8]
     with DataParallel(network, concurrent=True) as parallel:
         assert [parallel.splits(n) for n in sizes] == [n >= 6 for n in sizes]
         for i, n in enumerate(sizes):
             X, Y, w = batch(network, n, seed=30 + i)
-            loss = parallel.loss_and_gradient(X, Y, w)
-            expected = reference.loss_and_gradient(X, Y, w)
+            loss = parallel.loss_and_gradient(X, Y, w, step=i)
+            expected = reference.loss_and_gradient(X, Y, w, step=i)
             assert_close(loss, expected, 1e-12)
             assert_close(network.grads, reference.grads, 1e-12)
             sgd_step(network)
             reference.params[...] = network.params
-    assert dropout_steps(network) == [s + len(sizes) for s in start]
-    assert dropout_steps(reference) == dropout_steps(network)
 
 
 # ------------------------------------------------ 3. dropout: sharded == whole
@@ -194,12 +180,11 @@ def test_dropout_sharded_gradient_matches_whole_batch(always_shard, kind, concur
     have got in the whole batch, so the gradients agree up to rounding."""
     network = NETWORKS[kind]("float64", dropout=0.5, seed=7)
     reference = copy.deepcopy(network)
-    assert dropout_steps(network) == dropout_steps(reference)
     with DataParallel(network, concurrent) as parallel:
         for i in range(4):
             X, Y, w = batch(network, 7, seed=50 + i, weights=i == 2)
-            loss = parallel.loss_and_gradient(X, Y, w, alpha=0.1)
-            expected = reference.loss_and_gradient(X, Y, w, alpha=0.1)
+            loss = parallel.loss_and_gradient(X, Y, w, alpha=0.1, step=i)
+            expected = reference.loss_and_gradient(X, Y, w, alpha=0.1, step=i)
             assert_close(loss, expected, 1e-12)
             assert_close(network.grads, reference.grads, 1e-12)
 
@@ -209,13 +194,10 @@ def test_dropout_comparison_detects_a_step_mismatch(always_shard):
     masks differ and so does the gradient, so agreement there is not vacuous."""
     network = mlp(dropout=0.5, seed=7)
     reference = copy.deepcopy(network)
-    for layer in reference.layers:
-        if isinstance(layer, Dropout):
-            layer.step += 1
     X, Y, w = batch(network, 7, seed=50)
     with DataParallel(network, concurrent=False) as parallel:
-        parallel.loss_and_gradient(X, Y, w)
-    reference.loss_and_gradient(X, Y, w)
+        parallel.loss_and_gradient(X, Y, w, step=3)
+    reference.loss_and_gradient(X, Y, w, step=4)
     assert not np.allclose(network.grads, reference.grads, rtol=1e-6)
 
 
@@ -236,7 +218,6 @@ def test_below_threshold_is_the_plain_network_call(concurrent):
             assert loss == expected
             assert np.array_equal(network.grads, reference.grads)
         assert parallel._twin is None
-    assert dropout_steps(network) == dropout_steps(reference)
 
 
 def test_splits_threshold_boundary(monkeypatch):

@@ -204,7 +204,7 @@ class Conv2D(Layer):
         return Xp
 
     # ------------------------------------------------------------ computation
-    def forward(self, X, training=False):
+    def forward(self, X, training=False, batch=None):
         """X (n, h, w, c_in) -> A (n, h_out, w_out, filters)."""
         n = X.shape[0]
         W = _matrix(self.params["W"], (self.fan_in, self.filters))
@@ -302,7 +302,7 @@ class MaxPool2D(Layer):
         return [X[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
                 for i in range(ph) for j in range(pw)]
 
-    def forward(self, X, training=False):
+    def forward(self, X, training=False, batch=None):
         """X (n, h, w, c) -> Y (n, h_out, w_out, c)."""
         shape = (X.shape[0], self.h_out, self.w_out, self.input_shape[2])
         Y = self._buffer("Y", shape) if training else np.empty(shape, dtype=self.dtype)
@@ -380,7 +380,7 @@ class Flatten(Layer):
         super().build(input_shape, dtype)
         return (int(np.prod(self.input_shape)),)
 
-    def forward(self, X, training=False):
+    def forward(self, X, training=False, batch=None):
         """X (n, *input_shape) -> (n, prod(input_shape)); a view when X is contiguous."""
         return X.reshape(X.shape[0], -1)
 

@@ -13,10 +13,36 @@ from several threads at once.
 """
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
 from .activations import ACTIVATIONS, DERIVATIVES
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a training forward pass is told about its mini-batch besides X.
+
+    The training loop makes one per mini-batch and the network hands the
+    same one to every layer (and to both row shards of a split batch), so
+    no layer keeps a counter of its own.
+
+    Attributes
+    ----------
+    step : int
+        Training steps taken before this one; Dropout draws a fresh mask per step.
+    row_keys : ndarray of uint64, shape (n,), or None
+        A hash of each sample's network input (see :func:`row_hashes`), so
+        that a sample's random mask does not depend on its batch position.
+    weights : ndarray of shape (n,) or None
+        Per-sample weights of the batch, for layers whose statistics span
+        the batch.
+    """
+
+    step: int = 0
+    row_keys: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
 
 class Layer(ABC):
@@ -26,10 +52,15 @@ class Layer(ABC):
     and list their parameters in :meth:`param_specs`.
     """
 
+    #: Whether each sample's output depends on that sample alone in training
+    #: too.  Layers whose training statistics span the batch set it False:
+    #: the network then never computes such a batch as separate row shards.
+    rows_independent = True
+
     def __getstate__(self):
         # Parameter views and batch caches are re-created by Network on load.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("params", "grads", "row_keys") and not k.startswith("_")}
+                if k not in ("params", "grads") and not k.startswith("_")}
 
     def build(self, input_shape, dtype):
         """Fix the per-sample input shape and return the per-sample output shape."""
@@ -56,8 +87,12 @@ class Layer(ABC):
         return {}
 
     @abstractmethod
-    def forward(self, X, training=False):
-        """Output for batch X; in training mode keep what backward needs."""
+    def forward(self, X, training=False, batch=None):
+        """Output for batch X; in training mode keep what backward needs.
+
+        ``batch`` (a :class:`Batch`) comes with training passes run by a
+        network; a layer used on its own may get None.
+        """
 
     @abstractmethod
     def backward(self, dY, need_input_grad=True):
@@ -110,7 +145,7 @@ class Dense(Layer):
         W, b = initializer(random_state, self.n_in, self.units, (self.n_in, self.units), activation)
         return {"W": W, "b": b}
 
-    def forward(self, X, training=False):
+    def forward(self, X, training=False, batch=None):
         W, b = self.params["W"], self.params["b"]
         if training:
             A = np.matmul(X, W, out=self._buffer("A", (X.shape[0], self.units)))
@@ -165,8 +200,9 @@ class Dropout(Layer):
     training step, ``seed``), not a draw in batch order: identical samples
     get identical masks wherever they sit in a batch.  So a fit with integer
     sample weights still equals a fit on repeated rows, as without dropout.
-    The network sets ``row_keys`` (one uint64 per sample) before each
-    training forward pass; a layer used on its own hashes its own input.
+    The step and the row keys come with each training pass's :class:`Batch`;
+    without one (a layer used on its own) the layer hashes its own input at
+    step 0.
 
     Shapes: X and output (n, *shape).
     """
@@ -176,8 +212,6 @@ class Dropout(Layer):
             raise ValueError(f"Dropout rate must be in [0, 1), got {rate!r}.")
         self.rate = float(rate)
         self.seed = int(seed)
-        self.step = 0
-        self.row_keys = None
 
     def build(self, input_shape, dtype):
         shape = super().build(input_shape, dtype)
@@ -187,24 +221,24 @@ class Dropout(Layer):
                                      + np.uint64(self.seed % 2**64))
         return shape
 
-    def keep_mask(self, row_keys):
-        """Boolean (n, units): True where a unit survives at the current step."""
+    def keep_mask(self, row_keys, step):
+        """Boolean (n, units): True where a unit survives at training ``step``."""
         with np.errstate(over="ignore"):
-            step_salt = mix64(np.uint64(self.seed % 2**64) ^ (np.uint64(self.step) * _GOLDEN))
+            step_salt = mix64(np.uint64(self.seed % 2**64) ^ (np.uint64(step) * _GOLDEN))
             h = mix64((row_keys[:, None] ^ step_salt) + self._unit_salts[None, :])
         # The top 53 bits as a uniform number in [0, 1).
         return (h >> np.uint64(11)) * (1.0 / 2**53) >= self.rate
 
-    def forward(self, X, training=False):
+    def forward(self, X, training=False, batch=None):
         if not training or self.rate == 0.0:
             return X
-        keys = self.row_keys
+        batch = batch or Batch()
+        keys = batch.row_keys
         if keys is None or len(keys) != X.shape[0]:
             keys = row_hashes(X, _odd_salts(X[0].size, self.seed))
         mask = self._buffer("mask", X.shape)
-        keep = self.keep_mask(keys).reshape(X.shape)
+        keep = self.keep_mask(keys, batch.step).reshape(X.shape)
         np.multiply(keep, self.dtype.type(1.0 / (1.0 - self.rate)), out=mask)
-        self.step += 1
         return np.multiply(X, mask, out=self._buffer("Y", X.shape))
 
     def backward(self, dY, need_input_grad=True):

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .initializers import INITIALIZERS
-from .layers import Dropout, _odd_salts, row_hashes
+from .layers import Batch, Dropout, _odd_salts, row_hashes
 from .losses import LOG_OUTPUT_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
 
 #: Rows per forward pass at inference.  Every chunk is padded to exactly this
@@ -132,16 +132,26 @@ class Network:
         return [layer.params[name] for layer in self.layers if name in getattr(layer, "params", {})]
 
     # ------------------------------------------------------------ computation
-    def forward(self, X, training=False):
-        """Logits (n, n_outputs) for a dense batch X (n, *input_shape)."""
-        if training and self._dropouts:
+    @property
+    def rows_independent(self):
+        """Whether a training pass treats each sample on its own (so a batch
+        may be computed as separate row shards and summed)."""
+        return all(layer.rows_independent for layer in self.layers)
+
+    def forward(self, X, training=False, step=0, weights=None):
+        """Logits (n, n_outputs) for a dense batch X (n, *input_shape).
+
+        In training, ``step`` (steps taken so far) and the batch's sample
+        ``weights`` reach every layer in one :class:`~skdigits.nn.layers.Batch`.
+        """
+        batch = None
+        if training:
             # Dropout masks are keyed by each sample's input, not its position.
-            keys = row_hashes(X, self._row_key_salts)
-            for layer in self._dropouts:
-                layer.row_keys = keys
+            keys = row_hashes(X, self._row_key_salts) if self._dropouts else None
+            batch = Batch(step=int(step), row_keys=keys, weights=weights)
         out = X
         for layer in self.layers:
-            out = layer.forward(out, training=training)
+            out = layer.forward(out, training=training, batch=batch)
         return out
 
     def backward(self, d_logits):
@@ -150,25 +160,26 @@ class Network:
         for i in range(len(self.layers) - 1, -1, -1):
             delta = self.layers[i].backward(delta, need_input_grad=i > 0)
 
-    def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None):
+    def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None, step=0):
         """Mean (weighted) loss with L2 penalty on batch (X, Y); fills ``self.grads``.
 
         The penalty is ``0.5 * alpha * ||W||^2 / weight_sum``, as in
         scikit-learn's MLP, so ``alpha`` means the same for any batch size.
+        ``step`` is the number of training steps taken before this one.
         """
         if weight_sum is None:
             weight_sum = X.shape[0] if weights is None else float(np.sum(weights))
-        loss = self.data_loss_and_gradient(X, Y, weights, weight_sum)
+        loss = self.data_loss_and_gradient(X, Y, weights, weight_sum, step)
         return loss + self.add_penalty(alpha, weight_sum)
 
-    def data_loss_and_gradient(self, X, Y, weights, weight_sum):
+    def data_loss_and_gradient(self, X, Y, weights, weight_sum, step=0):
         """The loss of (X, Y) summed over its rows and divided by ``weight_sum``,
         without the penalty; fills ``self.grads`` with its gradient.
 
-        Being a sum over rows, it can be computed for row shards of a batch
-        and added up (see :class:`~skdigits.nn.parallel.DataParallel`).
+        When :attr:`rows_independent`, being a sum over rows, it can be
+        computed for row shards of a batch and added up.
         """
-        logits = self.forward(X, training=True)
+        logits = self.forward(X, training=True, step=step, weights=weights)
         d_logits = self.layers[-1]._buffer("d_logits", logits.shape)
         loss, d_logits = LOSSES[self.output](logits, Y, weights, d_logits, weight_sum)
         self.backward(d_logits)

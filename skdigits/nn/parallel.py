@@ -64,27 +64,30 @@ class DataParallel:
 
     def splits(self, n_rows):
         """Whether a batch of ``n_rows`` is computed as two shards."""
-        return n_rows >= 2 and n_rows * self._work_per_row >= SHARD_MIN_MULTIPLY_ADDS
+        return (n_rows >= 2 and n_rows * self._work_per_row >= SHARD_MIN_MULTIPLY_ADDS
+                and self.network.rows_independent)
 
-    def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None):
+    def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None, step=0):
         """As :meth:`Network.loss_and_gradient`, over two shards when the batch is large."""
         network = self.network
         n = X.shape[0]
         if weight_sum is None:
             weight_sum = n if weights is None else float(np.sum(weights))
         if not self.splits(n):
-            return network.loss_and_gradient(X, Y, weights, alpha, weight_sum)
+            return network.loss_and_gradient(X, Y, weights, alpha, weight_sum, step)
 
         twin = self._replica()
         half = n // 2
         w_first, w_second = (None, None) if weights is None else (weights[:half], weights[half:])
-        second_args = (X[half:], Y[half:], w_second, weight_sum)
+        # Both shards draw at the step the whole batch would have.
+        second_args = (X[half:], Y[half:], w_second, weight_sum, step)
+        first_args = (X[:half], Y[:half], w_first, weight_sum, step)
         if self._executor is not None:
             second = self._executor.submit(twin.data_loss_and_gradient, *second_args)
-            loss = network.data_loss_and_gradient(X[:half], Y[:half], w_first, weight_sum)
+            loss = network.data_loss_and_gradient(*first_args)
             loss += second.result()
         else:
-            loss = network.data_loss_and_gradient(X[:half], Y[:half], w_first, weight_sum)
+            loss = network.data_loss_and_gradient(*first_args)
             loss += twin.data_loss_and_gradient(*second_args)
         network.grads += twin.grads
         return loss + network.add_penalty(alpha, weight_sum)
@@ -92,8 +95,4 @@ class DataParallel:
     def _replica(self):
         if self._twin is None:
             self._twin = self.network.replica()
-        # Dropout masks depend on the training step: both halves of a batch
-        # must draw at the step the whole batch would have.
-        for ours, theirs in zip(self.network._dropouts, self._twin._dropouts):
-            theirs.step = ours.step
         return self._twin
