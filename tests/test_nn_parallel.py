@@ -1,4 +1,4 @@
-"""Tests of :class:`skdigits.nn.DataParallel` and concurrent prediction.
+"""Tests of :class:`skdigits.concurrency.DataParallel` and concurrent prediction.
 
 Sharding a batch in two must give the loss and gradient of the whole batch
 up to rounding, and running the second shard on a helper thread must not
@@ -16,9 +16,10 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
-import skdigits.nn.parallel
+import skdigits.concurrency
 from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
-from skdigits.nn import DataParallel, Dense, Dropout, Network
+from skdigits.concurrency import DataParallel, predict_in_chunks
+from skdigits.nn import Dense, Dropout, Network
 from skdigits.nn.conv import Conv2D, Flatten, MaxPool2D
 from skdigits.nn.losses import LOSSES
 
@@ -30,7 +31,7 @@ BLAS = ThreadpoolController()
 @pytest.fixture
 def always_shard(monkeypatch):
     """Every batch of at least two rows is computed as two shards."""
-    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS", 1)
+    monkeypatch.setattr(skdigits.concurrency, "SHARD_MIN_MULTIPLY_ADDS", 1)
 
 
 def mlp(dtype="float64", output="softmax", n_in=10, n_out=3, dropout=0.0, seed=0):
@@ -156,7 +157,7 @@ def test_split_and_unsplit_batches_draw_the_masks_of_their_step(monkeypatch):
     network = mlp(dropout=0.5, seed=5)
     reference = copy.deepcopy(network)
     # Batches of >= 6 rows shard, smaller ones do not.
-    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS",
+    monkeypatch.setattr(skdigits.concurrency, "SHARD_MIN_MULTIPLY_ADDS",
                         6 * network.multiply_adds_per_sample)
     sizes = [7, 4, 3, 9, 5, 6, 2, 8]
     with DataParallel(network, concurrent=True) as parallel:
@@ -226,10 +227,10 @@ def test_splits_threshold_boundary(monkeypatch):
     network = convnet()
     per_sample = network.multiply_adds_per_sample
     assert per_sample == sum(layer.multiply_adds() for layer in network.layers) > 0
-    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS", 4 * per_sample)
+    monkeypatch.setattr(skdigits.concurrency, "SHARD_MIN_MULTIPLY_ADDS", 4 * per_sample)
     parallel = DataParallel(network, concurrent=False)
     assert [parallel.splits(n) for n in (1, 2, 3, 4, 5, 100)] == [False] * 3 + [True] * 3
-    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS", 1)
+    monkeypatch.setattr(skdigits.concurrency, "SHARD_MIN_MULTIPLY_ADDS", 1)
     assert not parallel.splits(1) and parallel.splits(2)
 
 
@@ -396,15 +397,15 @@ def test_predict_logits_concurrent_bit_identical(make, dtype, sparse, monkeypatc
         to_dense = lambda part: part.toarray()  # noqa: E731
 
     predicted_by = []
-    original = Network._predict_chunks
+    original = Network.predict_chunks
 
     def recording(self, X, logits, starts, to_dense):
         predicted_by.append((threading.current_thread().name, list(starts)))
         return original(self, X, logits, starts, to_dense)
 
-    monkeypatch.setattr(Network, "_predict_chunks", recording)
-    sequential = network.predict_logits(X, to_dense=to_dense, concurrent=False)
-    concurrent = network.predict_logits(X, to_dense=to_dense, concurrent=True)
+    monkeypatch.setattr(Network, "predict_chunks", recording)
+    sequential = predict_in_chunks(network, X, to_dense=to_dense, concurrent=False)
+    concurrent = predict_in_chunks(network, X, to_dense=to_dense, concurrent=True)
 
     assert sequential.dtype == concurrent.dtype == network.dtype
     assert sequential.shape == (1000, 3)

@@ -1,7 +1,8 @@
 """The NumPy engine: layers, activations, losses, initialisers, optimizers.
 
-Plain NumPy (and SciPy for L-BFGS), no scikit-learn: a reader can follow each
-layer's forward and backward pass with a pen.
+Plain NumPy (and SciPy for L-BFGS), no scikit-learn, one thread: a reader
+can follow each layer's forward and backward pass with a pen.  What uses a
+second core lives in :mod:`skdigits.concurrency`.
 """
 
 from .activations import ACTIVATIONS, DERIVATIVES
@@ -10,13 +11,11 @@ from .initializers import INITIALIZERS, glorot_uniform, he_normal
 from .layers import Batch, Dense, Dropout, Layer
 from .losses import LOSSES, binary_cross_entropy, log_softmax, sigmoid, softmax, softmax_cross_entropy
 from .network import PREDICT_CHUNK, Network
-from .parallel import SHARD_MIN_MULTIPLY_ADDS, DataParallel
 from .optimizers import SGD, Adam, StochasticOptimizer, minimize_lbfgs
 
 __all__ = [
     "ACTIVATIONS", "DERIVATIVES", "INITIALIZERS", "LOSSES", "PREDICT_CHUNK",
-    "SHARD_MIN_MULTIPLY_ADDS",
-    "Adam", "Batch", "Conv2D", "DataParallel", "Dense", "Dropout", "Flatten", "Layer", "MaxPool2D", "Network", "SGD",
+    "Adam", "Batch", "Conv2D", "Dense", "Dropout", "Flatten", "Layer", "MaxPool2D", "Network", "SGD",
     "StochasticOptimizer",
     "binary_cross_entropy", "glorot_uniform", "he_normal", "log_softmax",
     "minimize_lbfgs", "sigmoid", "softmax", "softmax_cross_entropy",

@@ -8,7 +8,6 @@ and a snapshot of the model (early stopping, interrupted fits) is one copy.
 """
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -208,29 +207,23 @@ class Network:
         twin._prepare_row_keys()
         return twin
 
-    def predict_logits(self, X, to_dense=None, concurrent=False):
-        """Logits for the rows of 2-D X (n, prod(input_shape)), in padded chunks.
+    #: Rows per forward pass at inference (see :data:`PREDICT_CHUNK`).
+    predict_chunk_rows = PREDICT_CHUNK
 
-        Each chunk of PREDICT_CHUNK rows is cast to the compute dtype (after
-        ``to_dense``, e.g. for a sparse matrix) and reshaped to the network's
-        input shape, so memory grows by one chunk per thread, never by a copy
-        of X.  With ``concurrent``, a helper thread does the second half of
-        the chunks; every chunk is computed the same way on either thread.
-        """
-        n = X.shape[0]
-        logits = np.empty((n,) + self.output_shape, dtype=self.dtype)
-        starts = range(0, n, PREDICT_CHUNK)
-        if not concurrent or len(starts) < 2:
-            self._predict_chunks(X, logits, starts, to_dense)
-            return logits
-        middle = len(starts) // 2
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdigits-predict") as pool:
-            second = pool.submit(self._predict_chunks, X, logits, starts[middle:], to_dense)
-            self._predict_chunks(X, logits, starts[:middle], to_dense)
-            second.result()
+    def predict_logits(self, X, to_dense=None):
+        """Logits for the rows of 2-D X (n, prod(input_shape)), chunk by chunk."""
+        logits = np.empty((X.shape[0],) + self.output_shape, dtype=self.dtype)
+        self.predict_chunks(X, logits, range(0, X.shape[0], PREDICT_CHUNK), to_dense)
         return logits
 
-    def _predict_chunks(self, X, logits, starts, to_dense):
+    def predict_chunks(self, X, logits, starts, to_dense=None):
+        """Fill ``logits[start:start + PREDICT_CHUNK]`` for each of ``starts``.
+
+        Each chunk of rows is cast to the compute dtype (after ``to_dense``,
+        e.g. for a sparse matrix), padded with zero rows to PREDICT_CHUNK and
+        reshaped to the network's input shape, so memory grows by one chunk,
+        never by a copy of X, and every chunk runs the same products.
+        """
         n = X.shape[0]
         chunk = np.zeros((PREDICT_CHUNK, X.shape[1]), dtype=self.dtype)
         images = chunk.reshape((PREDICT_CHUNK,) + self.input_shape)

@@ -1,0 +1,249 @@
+"""Everything in skdigits that runs on more than one thread, in one place.
+
+The engine (:mod:`skdigits.nn`) is single-threaded maths.  The second core
+is used here, in three ways that never change a result, only when it is
+ready:
+
+- :class:`DataParallel`: a large mini-batch's loss and gradient as the sum
+  over two fixed row shards, the second on a helper thread;
+- :func:`prefetched`: the next mini-batch gathered on a helper thread while
+  this one computes;
+- :func:`predict_in_chunks`: prediction in fixed-size padded chunks, the
+  second half of them on a helper thread.
+
+Results are bit-identical whatever the BLAS thread setting and whichever
+thread calls, because every product runs on one BLAS thread
+(:func:`single_blas_thread`) and the split of the work is fixed by the data
+alone: BLAS libraries split a product differently for each thread count
+(OpenBLAS's 200 x 784 x 128 sgemm gives other bits on two threads than on
+one).  When the BLAS setting allows one thread only (``threadpool_limits(1)``,
+a joblib worker), the same pieces run one after the other: the same
+operations in the same order, so the same bits.
+"""
+
+import ctypes
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+#: Batches of at least this many multiply-adds (rows x forward multiply-adds
+#: per sample) are computed as two shards.  Handing a shard to the second
+#: thread and back costs ~60 us here, plus the two threads taking turns at
+#: the GIL between products: for the MNIST 784-128-10 MLP, a batch of 64 rows
+#: (6.5e6) was 25% slower split, 128 rows (1.3e7) broke even and 200 rows
+#: (2.0e7) was 1.2x faster; a CNN batch of 64 MNIST images (2.7e8) is 1.7x.
+SHARD_MIN_MULTIPLY_ADDS = 15 * 10**6
+
+
+# ------------------------------------------------------------------ BLAS threads
+@functools.cache
+def _blas_controller():
+    # Inspecting the loaded libraries takes milliseconds: do it once.
+    return ThreadpoolController()
+
+
+def allowed_blas_threads():
+    """Threads the BLAS may use as set outside skdigits (its default, or a
+    ``threadpool_limits`` / joblib worker limit)."""
+    libraries = _blas_controller().select(user_api="blas").lib_controllers
+    if not libraries:
+        return os.cpu_count() or 1
+    return max(library.num_threads for library in libraries)
+
+
+def _openblas_local_setters():
+    """``openblas_set_num_threads_local`` of each loaded OpenBLAS, where it has one.
+
+    OpenBLAS (0.3.30/0.3.31 as NumPy and SciPy ship it, seen here) ignores
+    ``openblas_set_num_threads`` called from any thread but the one that set
+    it first, so ``threadpool_limits`` in a worker thread left products on
+    two threads and their bits changed (predict_proba differed by 2e-7 on a
+    quarter of the rows).  The ``_local`` setter is heeded from any thread
+    and, despite its name, applies to the whole process, as the limit here
+    means to.
+    """
+    setters = []
+    for library in _blas_controller().select(internal_api="openblas").lib_controllers:
+        dynlib = getattr(library, "dynlib", None)
+        for name in ("openblas_set_num_threads_local",
+                     "scipy_openblas_set_num_threads_local64_",
+                     "scipy_openblas_set_num_threads_local"):
+            setter = getattr(dynlib, name, None) if dynlib is not None else None
+            if setter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+                setters.append(setter)
+                break
+    return setters
+
+
+class _OneBlasThread:
+    """Holds every BLAS at one thread while it is entered, then restores."""
+
+    def __init__(self):
+        self._limiter = _blas_controller().limit(limits=1, user_api="blas")
+        self._local_setters = _openblas_local_setters()
+        self._previous_local = [setter(1) for setter in self._local_setters]
+
+    def restore(self):
+        for setter, previous in zip(self._local_setters, self._previous_local):
+            setter(previous)
+        self._limiter.restore_original_limits()
+
+
+_blas_lock = threading.Lock()
+_blas_state = {"users": 0, "holder": None, "allowed": 1}
+
+
+@contextmanager
+def single_blas_thread():
+    """One BLAS thread while any caller is inside; the first in limits, the
+    last out restores.  (Nested threadpoolctl limits from several threads
+    would each restore what the previous one set, and could leave the whole
+    process on one thread.)
+
+    Yields whether the setting found on entry allows a second thread, which
+    the helpers here then use by splitting the work instead.
+    """
+    with _blas_lock:
+        if _blas_state["users"] == 0:
+            _blas_state["allowed"] = allowed_blas_threads()
+            _blas_state["holder"] = _OneBlasThread()
+        _blas_state["users"] += 1
+        concurrent = _blas_state["allowed"] >= 2
+    try:
+        yield concurrent
+    finally:
+        with _blas_lock:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0:
+                _blas_state["holder"].restore()
+                _blas_state["holder"] = None
+
+
+# ------------------------------------------------------------------ row shards
+class DataParallel:
+    """Loss and gradient of a batch as the sum over two fixed row shards.
+
+    A mini-batch's loss is a sum over its rows, so its gradient is the sum of
+    the gradients of two halves, each computed by its own copy of the
+    network's per-batch state (:meth:`~skdigits.nn.Network.replica`).
+    Whether a batch is split depends only on its size, the network's work
+    per sample and whether its layers treat rows independently.
+
+    Parameters
+    ----------
+    network : Network
+        Computes the first shard and receives the summed gradient in
+        ``network.grads``.
+    concurrent : bool
+        Run the second shard on a helper thread at the same time as the
+        first.  Does not change the results, only the time they take.
+
+    Use as a context manager; the helper thread lives until it exits.
+    """
+
+    def __init__(self, network, concurrent=True):
+        self.network = network
+        self.concurrent = bool(concurrent)
+        self._work_per_row = network.multiply_adds_per_sample
+        self._twin = None
+        self._executor = None
+
+    def __enter__(self):
+        if self.concurrent:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix="skdigits-shard")
+        return self
+
+    def __exit__(self, *exc):
+        if self._executor is not None:
+            # Waits for a shard still in flight (e.g. after a second Ctrl-C)
+            # so nothing computes on parameters the caller is restoring.
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        return False
+
+    def splits(self, n_rows):
+        """Whether a batch of ``n_rows`` is computed as two shards."""
+        return (n_rows >= 2 and n_rows * self._work_per_row >= SHARD_MIN_MULTIPLY_ADDS
+                and self.network.rows_independent)
+
+    def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None, step=0):
+        """As :meth:`Network.loss_and_gradient`, over two shards when the batch is large."""
+        network = self.network
+        n = X.shape[0]
+        if weight_sum is None:
+            weight_sum = n if weights is None else float(np.sum(weights))
+        if not self.splits(n):
+            return network.loss_and_gradient(X, Y, weights, alpha, weight_sum, step)
+
+        twin = self._replica()
+        half = n // 2
+        w_first, w_second = (None, None) if weights is None else (weights[:half], weights[half:])
+        # Both shards draw at the step the whole batch would have.
+        first_args = (X[:half], Y[:half], w_first, weight_sum, step)
+        second_args = (X[half:], Y[half:], w_second, weight_sum, step)
+        if self._executor is not None:
+            second = self._executor.submit(twin.data_loss_and_gradient, *second_args)
+            loss = network.data_loss_and_gradient(*first_args)
+            loss += second.result()
+        else:
+            loss = network.data_loss_and_gradient(*first_args)
+            loss += twin.data_loss_and_gradient(*second_args)
+        network.grads += twin.grads
+        return loss + network.add_penalty(alpha, weight_sum)
+
+    def _replica(self):
+        if self._twin is None:
+            self._twin = self.network.replica()
+        return self._twin
+
+
+# ------------------------------------------------------------------ prefetch
+def prefetched(gather, slices):
+    """Yield ``gather(piece, slot)`` for each piece of ``slices``, computing
+    the next one on a helper thread while the caller works on this one.
+
+    ``slot`` alternates 0, 1 so that ``gather`` can fill two reused buffers:
+    a result stays valid until the one after the next is requested.  NumPy
+    releases the GIL for the copies, so the core that single-threaded BLAS
+    leaves idle does the gathering.
+    """
+    slices = list(slices)
+    if len(slices) == 1:
+        yield gather(slices[0], 0)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdigits-prefetch") as pool:
+        pending = pool.submit(gather, slices[0], 0)
+        for k in range(len(slices)):
+            ready = pending.result()
+            if k + 1 < len(slices):
+                pending = pool.submit(gather, slices[k + 1], (k + 1) % 2)
+            yield ready
+
+
+# ------------------------------------------------------------------ prediction
+def predict_in_chunks(network, X, to_dense=None, concurrent=False):
+    """Logits for the rows of 2-D X, in the network's fixed-size padded chunks.
+
+    Every chunk is computed the same way on either thread
+    (:meth:`~skdigits.nn.Network.predict_chunks`); with ``concurrent`` a
+    helper thread does the second half of them.
+    """
+    n = X.shape[0]
+    logits = np.empty((n,) + network.output_shape, dtype=network.dtype)
+    starts = range(0, n, network.predict_chunk_rows)
+    if not concurrent or len(starts) < 2:
+        network.predict_chunks(X, logits, starts, to_dense)
+        return logits
+    middle = len(starts) // 2
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdigits-predict") as pool:
+        second = pool.submit(network.predict_chunks, X, logits, starts[middle:], to_dense)
+        network.predict_chunks(X, logits, starts[:middle], to_dense)
+        second.result()
+    return logits
