@@ -29,6 +29,9 @@ class StochasticOptimizer:
         self.params = params
         self.learning_rate_init = float(learning_rate_init)
         self.learning_rate = float(learning_rate_init)
+        #: Factor on every step size, set by a learning-rate schedule
+        #: (cosine, one-cycle) before each step; 1.0 leaves the update exact.
+        self.lr_scale = 1.0
         self._update = np.zeros_like(params)
 
     def step(self, grads):
@@ -43,6 +46,7 @@ class StochasticOptimizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.__dict__.setdefault("lr_scale", 1.0)  # files saved before schedules existed
         for name in self._scratch:
             setattr(self, name, np.zeros_like(self.params))
 
@@ -82,7 +86,7 @@ class SGD(StochasticOptimizer):
         self._scaled_grad = np.zeros_like(params)
 
     def _compute_update(self, grads):
-        lr_grad = np.multiply(grads, self.learning_rate, out=self._scaled_grad)
+        lr_grad = np.multiply(grads, self.learning_rate * self.lr_scale, out=self._scaled_grad)
         self.velocity *= self.momentum
         self.velocity -= lr_grad
         if not self.nesterov:
@@ -160,8 +164,8 @@ class Adam(StochasticOptimizer):
         np.maximum(self.v, self._floor_array(), out=self.v)
         # A Python float, not a NumPy float64 scalar: against a float32 array
         # the latter forces a float64 loop (46 against 10 us per pass).
-        self.learning_rate = float(self.learning_rate_init * np.sqrt(1 - b2**self.t)
-                                   / (1 - b1**self.t))
+        self.learning_rate = float(self.learning_rate_init * self.lr_scale
+                                   * np.sqrt(1 - b2**self.t) / (1 - b1**self.t))
         np.multiply(self.m, -self.learning_rate, out=update)
         np.sqrt(self.v, out=work)
         work += self.epsilon
