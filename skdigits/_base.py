@@ -1,42 +1,31 @@
-"""What every skdigits network classifier shares: scikit-learn conventions
-(validation, labels, sample and class weights, fitted attributes, warm start,
-partial_fit) around the engine and the training loop.  Subclasses only say
-which network to build."""
+"""What every skdigits network estimator shares: scikit-learn's conventions
+(parameters, fitted attributes, warm start, partial_fit, callbacks) around
+the engine and the training loop.
+
+:class:`BaseNetwork` knows nothing of classes or labels: a task (the
+classifier in :mod:`skdigits._classifier`) says how targets become the
+network's output matrix, which output function and score to use, and which
+network to build.
+"""
 
 import copy
-import functools
-import os
-import threading
 import warnings
 from abc import abstractmethod
-from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
-from threadpoolctl import ThreadpoolController
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .nn import PREDICT_CHUNK, SGD, Adam
-from .training import BatchSource, TrainingHistory, train_lbfgs, train_stochastic
-
-try:  # scikit-learn >= 1.9: progress bars and monitors through sklearn.callback
-    from sklearn.callback import CallbackSupportMixin, with_callbacks
-except ImportError:  # older scikit-learn: the estimators work without callbacks
-    class CallbackSupportMixin:
-        pass
-
-    def with_callbacks(method):
-        return method
+from ._sklearn_callbacks import CallbackSupportMixin, EpochTasks, fit_task_metadata
+from .concurrency import predict_in_chunks, single_blas_thread
+from .nn import SGD, Adam, Dropout
+from .training import (LR_SCHEDULES, BatchSource, ImprovementStopping, ScheduledLearningRate,
+                       TrainingHistory, TrainingLoop, Verbose, train_lbfgs)
 
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 
@@ -47,51 +36,17 @@ _STOCHASTIC_SOLVERS = ("sgd", "adam")
 #: weights equals a fit on repeated rows, as scikit-learn's checks demand).
 FLOAT32_MIN_EPOCH_MULTIPLY_ADDS = 10**8
 
-@functools.cache
-def _blas_controller():
-    # Inspecting the loaded libraries takes milliseconds: do it once.
-    return ThreadpoolController()
-
-
-_blas_lock = threading.Lock()
-_blas_state = {"users": 0, "limiter": None, "allowed": 1}
-
-
-def _allowed_blas_threads():
-    """Threads the BLAS may use as set outside skdigits (its default, or a
-    ``threadpool_limits`` / joblib worker limit)."""
-    libraries = _blas_controller().select(user_api="blas").lib_controllers
-    if not libraries:
-        return os.cpu_count() or 1
-    return max(library.num_threads for library in libraries)
-
-
-@contextmanager
-def _single_blas_thread():
-    """One BLAS thread while any caller is inside; the first in limits, the
-    last out restores.  (Nested threadpoolctl limits from several threads
-    would each restore what the previous one set, and could leave the whole
-    process on one thread.)
-
-    Products always run on one BLAS thread, whose results do not depend on
-    the BLAS setting; the cores are used by splitting the work instead
-    (:class:`~skdigits.nn.DataParallel`, prediction chunks).  Yields whether
-    the setting found on entry allows a second thread for that.
-    """
-    with _blas_lock:
-        if _blas_state["users"] == 0:
-            _blas_state["allowed"] = _allowed_blas_threads()
-            _blas_state["limiter"] = _blas_controller().limit(limits=1, user_api="blas")
-        _blas_state["users"] += 1
-        concurrent = _blas_state["allowed"] >= 2
-    try:
-        yield concurrent
-    finally:
-        with _blas_lock:
-            _blas_state["users"] -= 1
-            if _blas_state["users"] == 0:
-                _blas_state["limiter"].restore_original_limits()
-                _blas_state["limiter"] = None
+#: Constructor parameters that only steer training: they may change between
+#: warm-start fits.  Every other parameter shapes the network or its
+#: initialisation, so changing it with ``warm_start=True`` is refused — a
+#: parameter added later is refused by default rather than silently ignored.
+TRAINING_PARAMETERS = frozenset({
+    "alpha", "batch_size", "beta_1", "beta_2", "class_weight", "early_stopping",
+    "epsilon", "learning_rate", "learning_rate_init", "lr_schedule", "max_fun",
+    "max_iter", "momentum", "n_iter_no_change", "nesterovs_momentum", "power_t",
+    "random_state", "shuffle", "solver", "tol", "validation_fraction", "verbose",
+    "warm_start",
+})
 
 
 def positive_ints(values, name):
@@ -103,12 +58,24 @@ def positive_ints(values, name):
     return [int(v) for v in values]
 
 
+def _comparable(value):
+    """A parameter value as text that is equal exactly when the values mean
+    the same network ((16,), [16] and np.array([16]) alike)."""
+    if isinstance(value, str) or value is None:
+        return repr(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "(" + ", ".join(_comparable(v) for v in np.asarray(value, dtype=object).ravel()) + ")"
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 def _dense_rows(part):
     return part.toarray() if hasattr(part, "toarray") else part
 
 
-class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
-    """Base class for the network classifiers.  Not for direct use."""
+class BaseNetwork(CallbackSupportMixin, BaseEstimator):
+    """Base class for the network estimators.  Not for direct use."""
 
     _parameter_constraints: dict = {
         "alpha": [Interval(Real, 0, None, closed="left")],
@@ -131,18 +98,34 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
         "epsilon": [Interval(Real, 0, None, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
         "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
-        "class_weight": [StrOptions({"balanced"}), dict, None],
         "dtype": [StrOptions({"auto", "float32", "float64"})],
+        "lr_schedule": [StrOptions(set(LR_SCHEDULES)), None],
     }
 
-    # ------------------------------------------------------------ subclasses
+    # ------------------------------------------------------------ the task's part
     @abstractmethod
     def _make_network(self, n_features, n_outputs, out_activation, dtype):
         """Return an unbuilt :class:`~skdigits.nn.Network` and its per-sample input shape."""
 
-    def _architecture(self, n_features):
-        """Everything that fixes the shape of the parameters (for warm_start checks)."""
-        return (n_features,)
+    @abstractmethod
+    def _prepare_targets(self, X, y, incremental, reset):
+        """Validate (X, y); return (X, y, Y) with Y the network's target matrix."""
+
+    @abstractmethod
+    def _output_activation(self):
+        """The output function fused with the loss ('softmax', 'logistic', ...)."""
+
+    @abstractmethod
+    def _training_weights(self, y, sample_weight, X, incremental):
+        """Per-sample training weights, or None."""
+
+    @abstractmethod
+    def _validation_score(self, X_val, Y_val, w_val):
+        """``() -> float``: the early-stopping score of the current weights."""
+
+    def _stratify(self, Y):
+        """Labels to stratify the early-stopping split by, or None."""
+        return None
 
     # ------------------------------------------------------------ attributes
     @property
@@ -162,6 +145,12 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
     @intercepts_.setter
     def intercepts_(self, values):
         self._assign_parameters("b", values)
+
+    @property
+    def _no_improvement_count(self):
+        """Epochs in a row without ``tol`` improvement (MLPClassifier's name,
+        which its own tests read)."""
+        return self._history.no_improvement_count
 
     def _assign_parameters(self, name, values):
         current = self._network.parameter_arrays(name)
@@ -191,32 +180,100 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"dropout rates must be in [0, 1), got {self.dropout!r}.")
         return [float(r) for r in rates]
 
-    # ------------------------------------------------------------ validation
-    def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             dtype="numeric", reset=reset)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = column_or_1d(y, warn=True)
-        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
-            self._label_binarizer = LabelBinarizer()
-            self._label_binarizer.fit(y)
-            self.classes_ = self._label_binarizer.classes_
+    def _architecture(self, n_features):
+        """What fixes the network: the input width and every parameter that
+        is not a training parameter (see :data:`TRAINING_PARAMETERS`)."""
+        params = self.get_params(deep=False)
+        return {"n_features": n_features,
+                **{name: _comparable(value) for name, value in sorted(params.items())
+                   if name not in TRAINING_PARAMETERS}}
+
+    def _check_same_architecture(self, n_features):
+        before = getattr(self, "_architecture_", None)
+        now = self._architecture(n_features)
+        if not isinstance(before, dict):  # a model file from before 0.2: no record
+            before = now
+        changed = {name: (before.get(name), now.get(name)) for name in sorted(before.keys() | now.keys())
+                   if before.get(name) != now.get(name)}
+        if changed:
+            what = ", ".join(f"{name}: {old} -> {new}" for name, (old, new) in changed.items())
+            raise ValueError(
+                f"The network's architecture changed since the last fit ({what}); "
+                "warm_start and partial_fit continue the same network. Refit with "
+                "warm_start=False, or set the parameters back."
+            )
+
+    # ------------------------------------------------------------ fitting
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        first_pass = not hasattr(self, "_network") or (not self.warm_start and not incremental)
+        X, y, Y = self._prepare_targets(X, y, incremental, reset=first_pass)
+        weights = self._training_weights(y, sample_weight, X, incremental)
+        self._random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(X, Y)
         else:
-            classes = unique_labels(y)
-            if self.warm_start:
-                if set(classes) != set(self.classes_):
-                    raise ValueError(
-                        "warm_start can only be used where `y` has the same classes as in "
-                        f"the previous call to fit. Previously got {self.classes_}, `y` has "
-                        f"{classes}"
-                    )
-            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
-                raise ValueError(
-                    f"`y` has classes not in `self.classes_`. `self.classes_` has "
-                    f"{self.classes_}. 'y' has {classes}."
-                )
-        Y = self._label_binarizer.transform(y).astype(bool)
-        return X, y, Y
+            self._check_same_architecture(X.shape[1])
+        self._check_magnitude(X)
+        context = None
+        if hasattr(self, "_init_callback_context") and not incremental:
+            context = self._init_callback_context(max_subtasks=self.max_iter)
+            context.call_on_fit_task_begin(estimator=self, X=X, y=y,
+                                           metadata=fit_task_metadata(sample_weight))
+        tasks = None if context is None else EpochTasks(
+            context, self, X, y, fit_task_metadata(sample_weight), self._snapshot,
+            task_name="epoch" if self.solver in _STOCHASTIC_SOLVERS else "lbfgs-iter")
+        try:
+            with single_blas_thread() as concurrent:
+                if self.solver in _STOCHASTIC_SOLVERS:
+                    self._fit_stochastic(X, Y, weights, incremental, concurrent, tasks)
+                else:
+                    self._fit_lbfgs(X, Y, weights, concurrent, tasks)
+            if context is not None:
+                context.call_on_fit_task_end(
+                    estimator=self, X=X, y=y, metadata=fit_task_metadata(sample_weight),
+                    reconstruction_attributes=self._snapshot)
+        finally:
+            # Also after a diverged fit: the attributes describe the kept weights.
+            self._sync_history()
+        if not np.all(np.isfinite(self._network.params)):
+            raise ValueError("Solver produced non-finite parameter weights. Scale the "
+                             "inputs or lower learning_rate_init.")
+        return self
+
+    def _initialize(self, X, Y):
+        n_features = X.shape[1]
+        self.n_outputs_ = Y.shape[1]
+        self.out_activation_ = self._output_activation()
+        network, input_shape = self._make_network(n_features, self.n_outputs_,
+                                                  self.out_activation_, "float64")
+        self.dtype_ = self._resolve_dtype(network, input_shape, X)
+        network.dtype = np.dtype(self.dtype_)
+        # Drawn only when needed, so that without dropout the random stream
+        # (and so the initial weights) is MLPClassifier's.
+        uses_dropout = any(isinstance(layer, Dropout) for layer in network.layers)
+        seed = self._random_state.randint(np.iinfo(np.int32).max) if uses_dropout else None
+        network.build(input_shape, self._random_state, init=self.weight_init,
+                      activation=self.activation, seed=seed)
+        self._network = network
+        self._input_shape = input_shape
+        self._architecture_ = self._architecture(n_features)
+        self.n_layers_ = len(network.parameter_arrays("W")) + 1
+        self.n_iter_ = 0
+        self.t_ = 0
+        self._history = TrainingHistory()
+        if self.solver in _STOCHASTIC_SOLVERS and self.early_stopping:
+            self._history.validation_scores = []
+            self._history.best_validation_score = -np.inf
+            self._history.best_loss = None
+        self._optimizer = None
+
+    def _resolve_dtype(self, network, input_shape, X):
+        if self.dtype != "auto":
+            return self.dtype
+        if X.dtype == np.float32:  # as MLPClassifier: float32 in, float32 weights
+            return "float32"
+        work = network.multiply_adds(input_shape) * X.shape[0]
+        return "float32" if work >= FLOAT32_MIN_EPOCH_MULTIPLY_ADDS else "float64"
 
     def _check_magnitude(self, X):
         # A float64 value beyond float32's range would silently become inf.
@@ -231,135 +288,6 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                     "or use dtype='float64'."
                 )
 
-    def _sample_weights(self, y, sample_weight, X, incremental):
-        """Per-sample training weights: sample_weight times class_weight, or None."""
-        weights = None
-        if sample_weight is not None:
-            weights = _check_sample_weight(sample_weight, X, dtype=np.float64,
-                                           ensure_non_negative=True)
-        if self.class_weight is not None:
-            if self._label_binarizer.y_type_.startswith("multilabel"):
-                raise ValueError("class_weight is not supported for multilabel targets; "
-                                 "use sample_weight instead.")
-            if incremental and self.class_weight == "balanced":
-                raise ValueError(
-                    "class_weight='balanced' is not supported for partial_fit: the class "
-                    "frequencies of the whole data are unknown. Compute them once with "
-                    "sklearn.utils.class_weight.compute_class_weight('balanced', "
-                    "classes=classes, y=y) and pass the result as a dict."
-                )
-            if isinstance(self.class_weight, dict):
-                for label, value in self.class_weight.items():
-                    if isinstance(value, bool) or not isinstance(value, Real) \
-                            or not np.isfinite(value) or value < 0:
-                        raise ValueError(
-                            f"class_weight values must be finite numbers >= 0, got "
-                            f"{value!r} for class {label!r}.")
-            per_class = compute_class_weight(self.class_weight, classes=self.classes_, y=y)
-            per_sample = per_class[np.searchsorted(self.classes_, y)]
-            weights = per_sample if weights is None else weights * per_sample
-        if weights is not None and not np.any(weights > 0):
-            raise ValueError("Sample weights (times class_weight) are all zero; at least "
-                             "one sample needs a positive weight.")
-        return weights
-
-    # ------------------------------------------------------------ fitting
-    def _initialize(self, X, Y):
-        n_features = X.shape[1]
-        self.n_outputs_ = Y.shape[1]
-        if self._label_binarizer.y_type_ == "multiclass":
-            self.out_activation_ = "softmax"
-        else:
-            self.out_activation_ = "logistic"
-        network, input_shape = self._make_network(n_features, self.n_outputs_,
-                                                  self.out_activation_, "float64")
-        self.dtype_ = self._resolve_dtype(network, input_shape, X.shape[0])
-        network.dtype = np.dtype(self.dtype_)
-        uses_dropout = any(r > 0 for r in getattr(network, "dropout_rates", []))
-        seed = self._random_state.randint(np.iinfo(np.int32).max) if uses_dropout else None
-        network.build(input_shape, self._random_state, init=self._weight_init(),
-                      activation=self._hidden_activation(), seed=seed)
-        self._network = network
-        self._input_shape = input_shape
-        self._architecture_ = self._architecture(n_features)
-        self.n_layers_ = len(network.parameter_arrays("W")) + 1
-        self.n_iter_ = 0
-        self.t_ = 0
-        self._history = TrainingHistory()
-        if self.solver in _STOCHASTIC_SOLVERS and self.early_stopping:
-            self._history.validation_scores = []
-            self._history.best_validation_score = -np.inf
-            self._history.best_loss = None
-        self._optimizer = None
-
-    def _resolve_dtype(self, network, input_shape, n_samples):
-        if self.dtype != "auto":
-            return self.dtype
-        work = network.multiply_adds(input_shape) * n_samples
-        return "float32" if work >= FLOAT32_MIN_EPOCH_MULTIPLY_ADDS else "float64"
-
-    def _weight_init(self):
-        return self.weight_init
-
-    def _hidden_activation(self):
-        return self.activation
-
-    def _fit(self, X, y, sample_weight=None, incremental=False):
-        first_pass = not hasattr(self, "_network") or (not self.warm_start and not incremental)
-        X, y, Y = self._validate_input(X, y, incremental, reset=first_pass)
-        weights = self._sample_weights(y, sample_weight, X, incremental)
-        self._random_state = check_random_state(self.random_state)
-        if first_pass:
-            self._initialize(X, Y)
-        elif self._architecture(X.shape[1]) != self._architecture_:
-            raise ValueError(
-                "The network's architecture parameters changed since the last fit "
-                f"({self._architecture_} -> {self._architecture(X.shape[1])}); refit with "
-                "warm_start=False."
-            )
-        self._check_magnitude(X)
-        self._callback_ctx = None
-        if hasattr(self, "_init_callback_context") and not incremental:
-            self._callback_ctx = self._init_callback_context(max_subtasks=self.max_iter)
-            self._callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y)
-        try:
-            with _single_blas_thread() as concurrent:
-                if self.solver in _STOCHASTIC_SOLVERS:
-                    self._fit_stochastic(X, y, Y, weights, incremental, concurrent)
-                else:
-                    self._fit_lbfgs(X, y, Y, weights, concurrent)
-            if self._callback_ctx is not None:
-                self._callback_ctx.call_on_fit_task_end(
-                    estimator=self, X=X, y=y, reconstruction_attributes=self._snapshot)
-        finally:
-            # Also after a diverged fit: the attributes describe the kept weights.
-            self._sync_history()
-            del self._callback_ctx
-        if not np.all(np.isfinite(self._network.params)):
-            raise ValueError("Solver produced non-finite parameter weights. Scale the "
-                             "inputs or lower learning_rate_init.")
-        return self
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        # joblib stores arrays outside the pickle stream, so the optimizer can
-        # come back holding its own copy of the parameters: point it back.
-        if getattr(self, "_optimizer", None) is not None and hasattr(self, "_network"):
-            self._optimizer.params = self._network.params
-
-    def _sync_history(self):
-        history = self._history
-        self.loss_curve_ = history.loss_curve
-        self.validation_scores_ = history.validation_scores
-        self.best_validation_score_ = history.best_validation_score
-        self.best_loss_ = history.best_loss
-        self.t_ = history.t
-        self.stop_reason_ = history.stop_reason
-        if self.solver in _STOCHASTIC_SOLVERS:
-            self.n_iter_ = history.n_iter
-        if history.loss_curve:
-            self.loss_ = history.loss_curve[-1]
-
     def _make_optimizer(self):
         params = self._network.params
         if self.solver == "sgd":
@@ -367,90 +295,74 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                        self.nesterovs_momentum, self.power_t)
         return Adam(params, self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon)
 
-    def _fit_stochastic(self, X, y, Y, weights, incremental, concurrent):
-        if not incremental or self._optimizer is None:
-            self._optimizer = self._make_optimizer()
+    def _fit_stochastic(self, X, Y, weights, incremental, concurrent, tasks):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
-
-        rows = np.arange(X.shape[0])
-        validation_score = None
-        if self.early_stopping:
-            stratify = Y if self.n_outputs_ == 1 else None
-            rows, val_rows = train_test_split(rows, random_state=self._random_state,
-                                              test_size=self.validation_fraction,
-                                              stratify=stratify)
-            if len(val_rows) < 2:
-                raise ValueError("The validation set is too small. Increase "
-                                 "'validation_fraction' or the size of your dataset.")
-            X_val = X[val_rows]
-            y_val = self._label_binarizer.inverse_transform(Y[val_rows])
-            w_val = None if weights is None else weights[val_rows]
-
-            def validation_score():
-                return accuracy_score(y_val, self._predict_checked(X_val), sample_weight=w_val)
-
-        n_train = len(rows)
-        if self.batch_size == "auto":
-            batch_size = min(200, n_train)
-        else:
-            if self.batch_size > n_train:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
-                              "It is going to be clipped")
-            batch_size = int(np.clip(self.batch_size, 1, n_train))
-
+        if not incremental or self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+        rows, stopping = self._stopping_rule(X, Y, weights)
+        batch_size = self._batch_size(len(rows))
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape, rows)
-        begin_hooks, end_hooks = self._task_hooks(X, y, "epoch")
         self._history.n_iter = 0
-        converged = train_stochastic(
-            self._network, self._optimizer, source, batch_size=batch_size,
-            max_iter=self.max_iter, shuffle=self.shuffle, random_state=self._random_state,
-            tol=self.tol, n_iter_no_change=self.n_iter_no_change, alpha=self.alpha,
-            history=self._history, validation_score=validation_score,
-            incremental=incremental, verbose=self.verbose,
-            epoch_callbacks=end_hooks, on_epoch_begin=begin_hooks, concurrent=concurrent,
-        )
-        if not converged and not incremental:
+        loop = TrainingLoop(
+            self._network, self._optimizer, source, self._history, batch_size=batch_size,
+            shuffle=self.shuffle, random_state=self._random_state, alpha=self.alpha,
+            callbacks=self._loop_callbacks(stopping, tasks, len(rows), batch_size),
+            best_params=stopping.best_params, concurrent=concurrent)
+        reason = loop.fit(1 if incremental else self.max_iter)
+        if incremental and reason == "max_iter":
+            self._history.stop_reason = "partial_fit"
+        elif reason == "max_iter":
             warnings.warn(
                 "Stochastic Optimizer: Maximum iterations (%d) reached and the "
                 "optimization hasn't converged yet." % self.max_iter,
                 ConvergenceWarning,
             )
 
-    def _snapshot(self):
-        """Fitted attributes that make a copy of this estimator predict as it is now."""
-        self._sync_history()
-        return {"_network": copy.deepcopy(self._network), "n_iter_": self._history.n_iter,
-                "loss_curve_": list(self._history.loss_curve)}
+    def _stopping_rule(self, X, Y, weights):
+        """(training rows, ImprovementStopping): with early stopping, a
+        held-out split scored after every epoch."""
+        rows = np.arange(X.shape[0])
+        if not self.early_stopping:
+            return rows, ImprovementStopping(self.tol, self.n_iter_no_change, verbose=self.verbose)
+        rows, val_rows = train_test_split(rows, random_state=self._random_state,
+                                          test_size=self.validation_fraction,
+                                          stratify=self._stratify(Y))
+        if len(val_rows) < 2:
+            raise ValueError("The validation set is too small. Increase "
+                             "'validation_fraction' or the size of your dataset.")
+        w_val = None if weights is None else weights[val_rows]
+        score = self._validation_score(X[val_rows], Y[val_rows], w_val)
+        return rows, ImprovementStopping(self.tol, self.n_iter_no_change, score, self.verbose)
 
-    def _task_hooks(self, X, y, task_name):
-        """(begin, end) epoch hooks that report to scikit-learn callbacks."""
-        ctx = self._callback_ctx
-        if ctx is None:
-            return (), ()
-        current = {}
+    def _batch_size(self, n_train):
+        if self.batch_size == "auto":
+            return min(200, n_train)
+        if self.batch_size > n_train:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
+                          "It is going to be clipped")
+        return int(np.clip(self.batch_size, 1, n_train))
 
-        def begin(history):
-            current["ctx"] = ctx.subcontext(task_name=task_name)
-            current["ctx"].call_on_fit_task_begin(estimator=self, X=X, y=y)
+    def _loop_callbacks(self, stopping, tasks, n_train, batch_size):
+        """The training loop's callbacks, in the order scikit-learn's MLP
+        does these things after an epoch."""
+        callbacks = []
+        if self.lr_schedule is not None:
+            steps_per_epoch = -(-n_train // batch_size)
+            callbacks.append(ScheduledLearningRate(self.lr_schedule,
+                                                   self.max_iter * steps_per_epoch,
+                                                   start_step=self._history.steps))
+        if self.verbose:
+            callbacks.append(Verbose())
+        callbacks.append(stopping)
+        if tasks is not None:
+            callbacks.append(tasks)
+        return callbacks
 
-        def end(history):
-            stop = current.pop("ctx").call_on_fit_task_end(
-                estimator=self, X=X, y=y,
-                metadata={"loss": history.loss_curve[-1] if history.loss_curve else None},
-                reconstruction_attributes=self._snapshot)
-            return bool(stop)
-
-        return (begin,), (end,)
-
-    def _fit_lbfgs(self, X, y, Y, weights, concurrent):
+    def _fit_lbfgs(self, X, Y, weights, concurrent, tasks):
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape)
         self._history.loss_curve = []
-        begin_hooks, end_hooks = self._task_hooks(X, y, "lbfgs-iter")
-        # scipy reports an iteration once it is done: begin and end it together.
-        hooks = [lambda history: (begin_hooks[0](history), end_hooks[0](history))] \
-            if begin_hooks else []
-        self._history.stop_reason = ""
+        hooks = [] if tasks is None else [tasks.lbfgs_iteration]
         result = train_lbfgs(self._network, source, alpha=self.alpha, max_iter=self.max_iter,
                              max_fun=self.max_fun, tol=self.tol, history=self._history,
                              verbose=self.verbose, iteration_callbacks=hooks,
@@ -463,9 +375,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             return
         self.n_iter_ = min(int(result.nit), self.max_iter)
         self.loss_ = float(result.fun)
-        if self._history.stop_reason != "callback":
-            self._history.stop_reason = "converged" if result.status == 0 else "max_iter"
-        if result.status != 0:
+        if self._history.stop_reason == "max_iter":
             message = result.message.decode() if isinstance(result.message, bytes) else result.message
             warnings.warn(
                 f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status="
@@ -475,26 +385,32 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
                 ConvergenceWarning,
             )
 
-    @with_callbacks
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
-        """Fit the model to data matrix X and target(s) y.
+    def _sync_history(self):
+        """The fitted attributes, from the training history (the one writer)."""
+        history = self._history
+        self.loss_curve_ = history.loss_curve
+        self.validation_scores_ = history.validation_scores
+        self.best_validation_score_ = history.best_validation_score
+        self.best_loss_ = history.best_loss
+        self.t_ = history.t
+        self.stop_reason_ = history.stop_reason
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self.n_iter_ = history.n_iter
+            if history.loss_curve:
+                self.loss_ = history.loss_curve[-1]
 
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            The input data.
-        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-            Class labels, or a label indicator matrix for multilabel targets.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Weight of each sample in the loss; multiplied by ``class_weight``.
+    def _snapshot(self):
+        """Fitted attributes that make a copy of this estimator predict as it is now."""
+        self._sync_history()
+        return {"_network": copy.deepcopy(self._network), "n_iter_": self._history.n_iter,
+                "loss_curve_": list(self._history.loss_curve)}
 
-        Returns
-        -------
-        self : object
-            The fitted estimator.
-        """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # joblib stores arrays outside the pickle stream, so the optimizer can
+        # come back holding its own copy of the parameters: point it back.
+        if getattr(self, "_optimizer", None) is not None and hasattr(self, "_network"):
+            self._optimizer.params = self._network.params
 
     def _check_solver(self):
         if self.solver not in _STOCHASTIC_SOLVERS:
@@ -504,50 +420,20 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             )
         return True
 
-    @available_if(lambda est: est._check_solver())
-    @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
-        """Update the model with a single epoch over the given data.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            The input data.
-        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-            The target values.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Sample weights.
-        classes : array of shape (n_classes,), default=None
-            All classes across calls to partial_fit; required on the first
-            call (``np.unique(y_all)``).
-
-        Returns
-        -------
-        self : object
-            The updated estimator.
-        """
-        if _check_partial_fit_first_call(self, classes):
-            self._label_binarizer = LabelBinarizer()
-            if type_of_target(y).startswith("multilabel"):
-                self._label_binarizer.fit(y)
-            else:
-                self._label_binarizer.fit(classes)
-        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
-
     # ------------------------------------------------------------ prediction
     def _validated(self, X):
         check_is_fitted(self)
         # NaN, inf and values beyond the float32 range are caught where each
-        # chunk is cast (Network.predict_logits): checking here would be one
+        # chunk is cast (Network.predict_chunks): checking here would be one
         # more pass over X, an eighth of predict_proba's time on MNIST.
         return validate_data(self, X, accept_sparse=["csr", "csc"], dtype="numeric",
                              reset=False, ensure_all_finite=False)
 
     def _logits(self, X):
         """Float64 logits for validated X; a clear error instead of inf/NaN outputs."""
-        with _single_blas_thread() as concurrent:
-            logits = self._network.predict_logits(X, to_dense=_dense_rows,
-                                                  concurrent=concurrent).astype(np.float64)
+        with single_blas_thread() as concurrent:
+            logits = predict_in_chunks(self._network, X, to_dense=_dense_rows,
+                                       concurrent=concurrent).astype(np.float64)
         if not np.all(np.isfinite(logits)):
             bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
             raise ValueError(
@@ -557,59 +443,7 @@ class BaseNetClassifier(CallbackSupportMixin, ClassifierMixin, BaseEstimator):
             )
         return logits
 
-    def _predict_checked(self, X):
-        return self._label_binarizer.inverse_transform(
-            self._network.probabilities(self._logits(X)))
-
-    def predict(self, X):
-        """Predict class labels (or a label indicator matrix for multilabel).
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-
-        Returns
-        -------
-        y : ndarray of shape (n_samples,) or (n_samples, n_classes)
-        """
-        return self._predict_checked(self._validated(X))
-
-    def predict_proba(self, X):
-        """Probability estimates, float64, columns in the order of ``classes_``.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-
-        Returns
-        -------
-        y_prob : ndarray of shape (n_samples, n_classes)
-        """
-        logits = self._class_logits(X)  # validates first: unfitted -> NotFittedError
-        return self._network.probabilities(logits)
-
-    def predict_log_proba(self, X):
-        """Log of :meth:`predict_proba`, computed from the logits (no ``log(0)``).
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-
-        Returns
-        -------
-        log_y_prob : ndarray of shape (n_samples, n_classes)
-        """
-        logits = self._class_logits(X)
-        return self._network.log_probabilities(logits)
-
-    def _class_logits(self, X):
-        """One logit column per class: a binary model's single logistic output
-        z becomes (-z, z), since sigmoid(-z) = 1 - sigmoid(z)."""
-        logits = self._logits(self._validated(X))
-        return np.hstack([-logits, logits]) if self.n_outputs_ == 1 else logits
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
-        tags.classifier_tags.multi_label = True
         return tags

@@ -6,7 +6,8 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import BaseNetClassifier, positive_ints
+from ._base import positive_ints
+from ._classifier import BaseNetClassifier
 from .nn import Dense, Dropout, Network
 from .nn import Conv2D, Flatten, MaxPool2D
 
@@ -98,6 +99,8 @@ class NumpyCNNClassifier(BaseNetClassifier):
         As for :class:`NumpyMLPClassifier`: 'auto' computes in float32 when
         an epoch takes at least 1e8 multiply-adds (a few hundred images),
         float64 for tiny problems.
+    lr_schedule : {'cosine', 'one-cycle'} or None, default=None
+        As for :class:`NumpyMLPClassifier`.
     weight_init : {'he', 'glorot'}, default='he'
         He initialisation suits the ReLU convolutions.
 
@@ -111,13 +114,30 @@ class NumpyCNNClassifier(BaseNetClassifier):
     image_shape_ : tuple
         The (h, w, channels) each row was read as.
 
+    Notes
+    -----
+    ``max_iter=12`` is an epoch budget that suits MNIST-sized data, not a
+    convergence point: the training loss still falls by more than ``tol``
+    after 12 epochs, so a default fit ends with scikit-learn's
+    ConvergenceWarning, as ``MLPClassifier`` warns whenever ``max_iter``
+    ends the fit.  For a fit that stops on its own, set
+    ``early_stopping=True`` (with ``n_iter_no_change`` below ``max_iter``).
+    With ``warm_start=True`` only training parameters may change between
+    fits, as for :class:`NumpyMLPClassifier`.
+
     Examples
     --------
     >>> from sklearn.datasets import load_digits
     >>> from skdigits import NumpyCNNClassifier
     >>> X, y = load_digits(return_X_y=True)
-    >>> clf = NumpyCNNClassifier(conv_filters=(8,), hidden_layer_sizes=(32,),
-    ...                          max_iter=5, random_state=0).fit(X[:500] / 16, y[:500])
+    >>> import warnings
+    >>> from sklearn.exceptions import ConvergenceWarning
+    >>> with warnings.catch_warnings():  # 5 epochs: a demonstration, not a converged fit
+    ...     warnings.simplefilter("ignore", ConvergenceWarning)
+    ...     clf = NumpyCNNClassifier(conv_filters=(8,), hidden_layer_sizes=(32,), max_iter=5,
+    ...                              random_state=0).fit(X[:500] / 16, y[:500])
+    >>> clf.stop_reason_
+    'max_iter'
     >>> clf.image_shape_
     (8, 8, 1)
     >>> clf.predict_proba(X[:2] / 16).shape
@@ -170,6 +190,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
         conv_dropout=0.25,
         class_weight=None,
         dtype="auto",
+        lr_schedule=None,
         weight_init="he",
     ):
         self.conv_filters = conv_filters
@@ -202,14 +223,8 @@ class NumpyCNNClassifier(BaseNetClassifier):
         self.conv_dropout = conv_dropout
         self.class_weight = class_weight
         self.dtype = dtype
+        self.lr_schedule = lr_schedule
         self.weight_init = weight_init
-
-    def _architecture(self, n_features):
-        return (infer_image_shape(n_features, self.image_shape),
-                tuple(positive_ints(self.conv_filters, "conv_filters")),
-                self.kernel_size, self.pool_size,
-                tuple(positive_ints(self.hidden_layer_sizes, "hidden_layer_sizes")),
-                self.activation)
 
     def _make_network(self, n_features, n_outputs, out_activation, dtype):
         shape = infer_image_shape(n_features, self.image_shape)
@@ -233,5 +248,4 @@ class NumpyCNNClassifier(BaseNetClassifier):
                 layers.append(Dropout(rate))
         layers.append(Dense(n_outputs, "identity"))
         network = Network(layers, out_activation, dtype)
-        network.dropout_rates = rates + [self.conv_dropout]
         return network, shape

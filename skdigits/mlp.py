@@ -4,7 +4,8 @@ from numbers import Integral
 
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import BaseNetClassifier, positive_ints
+from ._base import positive_ints
+from ._classifier import BaseNetClassifier
 from .nn import Dense, Dropout, Network
 
 
@@ -85,6 +86,15 @@ class NumpyMLPClassifier(BaseNetClassifier):
         smaller problems, where an epoch takes milliseconds either way and
         float32 would only cost exactness.  It is decided on the first call
         to ``fit`` or ``partial_fit``; the choice is in ``dtype_``.
+    lr_schedule : {'cosine', 'one-cycle'} or None, default=None
+        A schedule on the step size of 'sgd' and 'adam' over the planned
+        ``max_iter`` epochs, mini-batch by mini-batch: 'cosine' decays it
+        from ``learning_rate_init`` to 0 along a half cosine; 'one-cycle'
+        warms it up linearly from ``learning_rate_init / 25`` to
+        ``learning_rate_init`` over the first 30% of the steps, then decays
+        it along a cosine.  It multiplies whatever ``learning_rate`` does
+        (which keeps its scikit-learn meaning); None leaves the step size
+        exactly as MLPClassifier's.
     weight_init : {'glorot', 'he'}, default='glorot'
         'glorot' is scikit-learn's uniform Glorot initialisation (used by
         default so results line up with MLPClassifier); 'he' draws
@@ -142,6 +152,12 @@ class NumpyMLPClassifier(BaseNetClassifier):
 
     Notes
     -----
+    With ``warm_start=True`` (and in ``partial_fit``) only the training
+    parameters (learning rates, ``alpha``, ``max_iter``, ``tol``, the
+    schedule, ...) may change between fits; changing one that shapes the
+    network (``hidden_layer_sizes``, ``activation``, ``dropout``, ``dtype``,
+    ``weight_init``) raises ValueError naming it.
+
     Predictions are computed in fixed-size chunks so that a row's output does
     not depend on the other rows it is predicted with.  ``predict_proba``
     returns float64 whatever the compute ``dtype``.  Ctrl-C during ``fit``
@@ -154,10 +170,12 @@ class NumpyMLPClassifier(BaseNetClassifier):
     >>> from sklearn.datasets import load_digits
     >>> from skdigits import NumpyMLPClassifier
     >>> X, y = load_digits(return_X_y=True)
-    >>> clf = NumpyMLPClassifier(hidden_layer_sizes=(64,), max_iter=30,
+    >>> clf = NumpyMLPClassifier(hidden_layer_sizes=(64,), tol=1e-2, n_iter_no_change=3,
     ...                          random_state=0).fit(X / 16, y)
     >>> clf.predict(X[:5] / 16)
     array([0, 1, 2, 3, 4])
+    >>> clf.stop_reason_, clf.n_iter_
+    ('converged', 34)
     >>> clf.predict_proba(X[:1] / 16).shape
     (1, 10)
     """
@@ -200,6 +218,7 @@ class NumpyMLPClassifier(BaseNetClassifier):
         dropout=0.0,
         class_weight=None,
         dtype="auto",
+        lr_schedule=None,
         weight_init="glorot",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -228,13 +247,11 @@ class NumpyMLPClassifier(BaseNetClassifier):
         self.dropout = dropout
         self.class_weight = class_weight
         self.dtype = dtype
+        self.lr_schedule = lr_schedule
         self.weight_init = weight_init
 
     def _hidden_sizes(self):
         return positive_ints(self.hidden_layer_sizes, "hidden_layer_sizes")
-
-    def _architecture(self, n_features):
-        return (n_features, tuple(self._hidden_sizes()), self.activation, self.dtype)
 
     def _make_network(self, n_features, n_outputs, out_activation, dtype):
         sizes = self._hidden_sizes()
@@ -246,5 +263,4 @@ class NumpyMLPClassifier(BaseNetClassifier):
                 layers.append(Dropout(rate))
         layers.append(Dense(n_outputs, "identity"))
         network = Network(layers, out_activation, dtype)
-        network.dropout_rates = rates
         return network, (n_features,)

@@ -17,7 +17,7 @@ Example
 >>> from skdigits import NumpyMLPClassifier
 >>> from skdigits.persistence import load_model, save_model
 >>> X, y = load_digits(return_X_y=True)
->>> clf = NumpyMLPClassifier((16,), max_iter=5, random_state=0).fit(X / 16, y)
+>>> clf = NumpyMLPClassifier((16,), solver="lbfgs", max_iter=500, random_state=0).fit(X / 16, y)
 >>> path = save_model(clf, pathlib.Path(tempfile.mkdtemp()) / "digits.skops")
 >>> bool((load_model(path).predict_proba(X / 16) == clf.predict_proba(X / 16)).all())
 True
