@@ -40,14 +40,17 @@ def digits():
     return X / 16.0, y
 
 
-def test_one_subtask_per_epoch_with_loss_and_a_usable_snapshot(digits):
+def test_one_subtask_per_epoch_with_its_loss_and_a_usable_snapshot(digits):
     X, y = digits
     rec = Recorder()
     clf = NumpyMLPClassifier(hidden_layer_sizes=(16,), max_iter=4, random_state=0)
     clf.set_callbacks(rec).fit(X, y)
     epochs = [e for e in rec.events if e[0] == "end" and e[1] == "epoch"]
     assert len(epochs) == clf.n_iter_ == 4
-    assert [e[2]["loss"] for e in epochs] == pytest.approx(clf.loss_curve_)
+    # Metadata is what scorers accept (none without sample_weight); the
+    # epoch's loss is on the snapshot, as on a fitted estimator.
+    assert all(e[2] is None for e in epochs)
+    assert [e[3].loss_curve_[-1] for e in epochs] == pytest.approx(clf.loss_curve_)
     # The snapshot handed over after the first epoch predicts like that epoch's weights.
     first = epochs[0][3]
     assert first.predict(X[:5]).shape == (5,)
@@ -60,6 +63,23 @@ def test_a_callback_can_stop_training(digits):
     clf = NumpyMLPClassifier(hidden_layer_sizes=(16,), max_iter=50, random_state=0)
     clf.set_callbacks(Recorder(stop_after=3)).fit(X, y)
     assert clf.n_iter_ == 3
+    assert clf.stop_reason_ == "callback"
+
+
+def test_a_callback_can_stop_lbfgs(digits):
+    X, y = digits
+
+    class StopAfterTwo(Recorder):
+        def on_fit_task_end(self, estimator, context, *, metadata=None, fitted_estimator=None):
+            super().on_fit_task_end(estimator, context, metadata=metadata,
+                                    fitted_estimator=fitted_estimator)
+            return sum(1 for e in self.events if e[0] == "end" and e[1] == "lbfgs-iter") >= 2
+
+    clf = NumpyMLPClassifier(hidden_layer_sizes=(16,), solver="lbfgs", max_iter=50,
+                             random_state=0)
+    clf.set_callbacks(StopAfterTwo()).fit(X, y)
+    assert clf.stop_reason_ == "callback"
+    assert len(clf.loss_curve_) == 2
 
 
 def test_lbfgs_reports_iterations(digits):

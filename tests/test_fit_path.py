@@ -1,0 +1,249 @@
+"""The fit path: why a fit stopped, warm-start architecture checks,
+scikit-learn's ScoringMonitor, dtype of float32 input, log-probabilities,
+learning-rate schedules, and results independent of the calling thread."""
+
+import math
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
+from skdigits.nn import SGD, Adam
+from skdigits.training import (LR_SCHEDULES, STOP_REASONS, ScheduledLearningRate,
+                               cosine_factor, one_cycle_factor)
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
+SMALL_MLP = dict(hidden_layer_sizes=(16,), random_state=0)
+SMALL_CNN = dict(conv_filters=(4,), hidden_layer_sizes=(8,), batch_size=64, random_state=0)
+
+
+def fit_quietly(estimator, X, y, **fit_params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return estimator.fit(X, y, **fit_params)
+
+
+# ------------------------------------------------------------ stop_reason_
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+def test_stop_reason_max_iter_warns_and_says_so(digits, solver):
+    X, y = digits
+    clf = NumpyMLPClassifier(solver=solver, max_iter=2, **SMALL_MLP)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(X, y)
+    assert clf.stop_reason_ == "max_iter"
+
+
+def test_stop_reason_converged_without_warning(digits):
+    X, y = digits
+    clf = NumpyMLPClassifier(max_iter=500, tol=0.5, n_iter_no_change=2, **SMALL_MLP)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf.fit(X, y)
+    assert clf.stop_reason_ == "converged"
+    # The first epoch improves on inf; stop once the count (1, 2, 3) exceeds 2.
+    assert clf.n_iter_ == 4
+
+
+def test_stop_reason_partial_fit_and_values(digits):
+    X, y = digits
+    clf = NumpyMLPClassifier(**SMALL_MLP).partial_fit(X, y, classes=np.unique(y))
+    assert clf.stop_reason_ == "partial_fit"
+    assert clf.stop_reason_ in STOP_REASONS
+
+
+# ------------------------------------------------------------ warm start
+@pytest.mark.parametrize("make, change", [
+    (lambda: NumpyMLPClassifier(max_iter=2, warm_start=True, **SMALL_MLP), {"dropout": 0.5}),
+    (lambda: NumpyMLPClassifier(max_iter=2, warm_start=True, **SMALL_MLP), {"dtype": "float32"}),
+    (lambda: NumpyMLPClassifier(max_iter=2, warm_start=True, **SMALL_MLP),
+     {"weight_init": "he"}),
+    (lambda: NumpyCNNClassifier(max_iter=1, warm_start=True, **SMALL_CNN), {"dtype": "float64"}),
+    (lambda: NumpyCNNClassifier(max_iter=1, warm_start=True, **SMALL_CNN), {"conv_dropout": 0.0}),
+])
+def test_warm_start_refuses_an_architecture_change_naming_it(digits, make, change):
+    X, y = digits
+    clf = fit_quietly(make(), X[:300], y[:300])
+    before = clf._network.params.copy()
+    clf.set_params(**change)
+    [name] = change
+    with pytest.raises(ValueError, match=f"architecture changed.*{name}"):
+        fit_quietly(clf, X[:300], y[:300])
+    np.testing.assert_array_equal(clf._network.params, before)  # nothing was trained
+
+
+def test_warm_start_accepts_training_parameter_changes(digits):
+    X, y = digits
+    clf = fit_quietly(NumpyMLPClassifier(max_iter=2, warm_start=True, **SMALL_MLP), X, y)
+    clf.set_params(learning_rate_init=1e-4, alpha=1e-2, max_iter=1, lr_schedule="cosine",
+                   hidden_layer_sizes=[16])  # a list means the same network as (16,)
+    fit_quietly(clf, X, y)
+    assert clf.n_iter_ == 1
+
+
+# ------------------------------------------------------------ ScoringMonitor
+scoring_monitor = pytest.importorskip("sklearn.callback").ScoringMonitor
+
+
+def logged_scores(monitor, task_name):
+    rows = monitor.get_logs().data
+    return [row["accuracy"] for row in rows if row["task_name"] == task_name]
+
+
+@pytest.mark.parametrize("make, task, iterations", [
+    (lambda: NumpyMLPClassifier(max_iter=4, **SMALL_MLP), "epoch", lambda c: c.n_iter_),
+    (lambda: NumpyMLPClassifier(solver="lbfgs", max_iter=4, **SMALL_MLP), "lbfgs-iter",
+     lambda c: c.n_iter_),
+    (lambda: NumpyCNNClassifier(max_iter=2, **SMALL_CNN), "epoch", lambda c: c.n_iter_),
+])
+def test_scoring_monitor_logs_one_score_per_epoch(digits, make, task, iterations):
+    X, y = digits
+    X, y = X[:400], y[:400]
+    monitor = scoring_monitor(scoring="accuracy")
+    clf = fit_quietly(make().set_callbacks(monitor), X, y)
+    scores = logged_scores(monitor, task)
+    assert len(scores) == iterations(clf) > 0
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    # The last epoch's score is the fitted model's training accuracy.
+    assert scores[-1] == pytest.approx(clf.score(X, y))
+
+
+def test_scoring_monitor_routes_sample_weight(digits):
+    X, y = digits
+    X, y = X[:400], y[:400]
+    weights = np.where(y == 3, 5.0, 1.0)
+    monitor = scoring_monitor(scoring="accuracy")
+    clf = fit_quietly(NumpyMLPClassifier(max_iter=3, **SMALL_MLP).set_callbacks(monitor),
+                      X, y, sample_weight=weights)
+    scores = logged_scores(monitor, "epoch")
+    assert scores[-1] == pytest.approx(clf.score(X, y, sample_weight=weights))
+    assert scores[-1] != pytest.approx(clf.score(X, y))
+
+
+def test_scoring_monitor_in_a_pipeline_and_grid_search(digits):
+    X, y = digits
+    X, y = X[:400], y[:400]
+    monitor = scoring_monitor(scoring="accuracy")
+    clf = NumpyMLPClassifier(max_iter=3, **SMALL_MLP).set_callbacks(monitor)
+    fit_quietly(make_pipeline(StandardScaler(), clf), X, y)
+    assert len(logged_scores(monitor, "epoch")) == 3
+
+    monitor = scoring_monitor(scoring="accuracy")
+    clf = NumpyMLPClassifier(max_iter=2, **SMALL_MLP).set_callbacks(monitor)
+    search = GridSearchCV(clf, {"alpha": [1e-4, 1e-2]}, cv=2)
+    fit_quietly(search, X, y)
+    # 2 candidates x 2 folds + the refit, 2 epochs each.
+    assert len(logged_scores(monitor, "epoch")) == (2 * 2 + 1) * 2
+
+
+# ------------------------------------------------------------ drop-in gaps
+def test_float32_input_gives_float32_weights_like_mlpclassifier(digits):
+    X, y = digits
+    clf = fit_quietly(NumpyMLPClassifier(max_iter=2, **SMALL_MLP), X[:100].astype(np.float32),
+                      y[:100])
+    assert clf.dtype_ == "float32"
+    assert all(W.dtype == np.float32 for W in clf.coefs_)
+    clf = fit_quietly(NumpyMLPClassifier(max_iter=2, **SMALL_MLP), X[:100], y[:100])
+    assert clf.dtype_ == "float64"
+
+
+def test_log_proba_ranks_like_proba_where_probabilities_round_to_one():
+    from sklearn.datasets import make_multilabel_classification
+
+    X, Y = make_multilabel_classification(n_samples=50, random_state=0, return_indicator=True)
+    clf = fit_quietly(NumpyMLPClassifier(solver="lbfgs", hidden_layer_sizes=30,
+                                         random_state=0), X, Y)
+    proba, log_proba = clf.predict_proba(X), clf.predict_log_proba(X)
+    assert (proba == 1.0).sum() > 1  # the case the check is about really occurs
+    np.testing.assert_array_equal(proba.argmax(1), log_proba.argmax(1))
+    np.testing.assert_allclose(log_proba, np.log(proba), rtol=1e-12)
+    assert np.all(np.isfinite(log_proba))
+
+
+# ------------------------------------------------------------ schedules
+def test_schedule_factors_follow_their_formulas():
+    for p in np.linspace(0, 1, 11):
+        assert cosine_factor(p) == pytest.approx(0.5 * (1 + math.cos(math.pi * p)))
+    assert one_cycle_factor(0.0) == pytest.approx(1 / 25)
+    assert one_cycle_factor(0.15) == pytest.approx(1 / 25 + (1 - 1 / 25) * 0.5)
+    assert one_cycle_factor(0.3) == pytest.approx(1.0)
+    assert one_cycle_factor(0.65) == pytest.approx(0.5)
+    assert one_cycle_factor(1.0) == pytest.approx(0.0, abs=1e-15)
+    assert set(LR_SCHEDULES) == {"cosine", "one-cycle"}
+
+
+class _FakeLoop:
+    def __init__(self, optimizer, steps):
+        self.optimizer = optimizer
+        self.history = type("H", (), {"steps": steps})()
+
+
+@pytest.mark.parametrize("optimizer", [Adam, SGD])
+def test_scheduled_step_is_the_formula_times_the_factor(optimizer):
+    g = np.array([0.5, -1.0, 2.0])
+    plain = optimizer(np.zeros(3), 0.01)
+    scheduled = optimizer(np.zeros(3), 0.01)
+    ScheduledLearningRate("cosine", total_steps=10).on_batch_begin(_FakeLoop(scheduled, 5))
+    assert scheduled.lr_scale == pytest.approx(0.5)
+    plain.step(g)
+    scheduled.step(g)
+    np.testing.assert_allclose(scheduled.params, 0.5 * plain.params, rtol=1e-12)
+
+
+def test_schedule_changes_the_fit_and_none_leaves_it_alone(digits):
+    X, y = digits
+    base = fit_quietly(NumpyMLPClassifier(max_iter=3, **SMALL_MLP), X, y)
+    again = fit_quietly(NumpyMLPClassifier(max_iter=3, lr_schedule=None, **SMALL_MLP), X, y)
+    assert base.loss_curve_ == again.loss_curve_
+    for name in LR_SCHEDULES:
+        scheduled = fit_quietly(NumpyMLPClassifier(max_iter=3, lr_schedule=name, **SMALL_MLP),
+                                X, y)
+        assert scheduled.loss_curve_ != base.loss_curve_
+        assert scheduled._optimizer.lr_scale < 0.2  # near the end of its cosine tail
+
+
+# ------------------------------------------------------------ thread determinism
+@pytest.fixture
+def two_blas_threads():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        yield
+
+
+def _mnist_like(n=600, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.rand(n, 784)
+    X[X < 0.7] = 0.0
+    return X, rng.randint(0, 10, n)
+
+
+def test_predictions_from_a_worker_thread_equal_the_main_threads(two_blas_threads):
+    """784 inputs: the product's bits differ between one and two BLAS
+    threads, so this fails whenever a worker thread's limit is not heeded."""
+    X, y = _mnist_like()
+    clf = fit_quietly(NumpyMLPClassifier(hidden_layer_sizes=(64,), max_iter=2, dtype="float32",
+                                         random_state=0), X, y)
+    main = clf.predict_proba(X)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        worker = pool.submit(clf.predict_proba, X).result()
+    np.testing.assert_array_equal(worker, main)
+
+
+def test_fit_in_a_worker_thread_equals_the_main_threads(two_blas_threads):
+    X, y = _mnist_like()
+
+    def fit():
+        return fit_quietly(NumpyMLPClassifier(hidden_layer_sizes=(64,), max_iter=2,
+                                              dtype="float32", random_state=0), X, y)
+
+    main = fit()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        worker = pool.submit(fit).result()
+    np.testing.assert_array_equal(worker._network.params, main._network.params)
