@@ -60,13 +60,15 @@ def trusted_types():
     from .data.images import ImageTransformer
     from .mlp import NumpyMLPClassifier
     from .nn.conv import Conv2D, Flatten, MaxPool2D
-    from .nn.layers import Dense, Dropout
+    from .nn.layers import Activation, Dense, Dropout
     from .nn.network import Network
+    from .nn.normalization import BatchNorm
     from .nn.optimizers import SGD, Adam
     from .training import TrainingHistory
 
     classes = [NumpyMLPClassifier, NumpyCNNClassifier, Network, Dense, Dropout, Conv2D,
-               MaxPool2D, Flatten, Adam, SGD, TrainingHistory, ImageTransformer]
+               MaxPool2D, Flatten, BatchNorm, Activation, Adam, SGD, TrainingHistory,
+               ImageTransformer]
     return sorted({_type_name(cls) for cls in classes} | set(_NUMPY_TYPES))
 
 

@@ -252,3 +252,52 @@ def _odd_salts(n_words, seed):
     with np.errstate(over="ignore"):
         return mix64(np.arange(n_words, dtype=np.uint64) ^ np.uint64((seed * 7919) % 2**64)) \
             | np.uint64(1)
+
+
+class Activation(Layer):
+    """An activation on its own: ``A = f(X)``, with no parameters.
+
+    For a layer between the product and the activation, e.g.
+    ``Dense(units, 'identity') -> BatchNorm() -> Activation('relu')`` in
+    place of ``Dense(units, 'relu')``.
+
+    Parameters
+    ----------
+    name : {'identity', 'logistic', 'tanh', 'relu'}
+        ``f``, one of :data:`~skdigits.nn.activations.ACTIVATIONS`.
+
+    Notes
+    -----
+    Shapes: X and A (n, *shape).  X belongs to the layer below (whose
+    backward pass may still need it) or to the caller, so ``f`` is applied
+    to a copy, in the layer's own buffer in training; the backward pass
+    multiplies ``dA`` by ``f'`` in place.  'identity' passes X and dA
+    through without a copy.
+    """
+
+    def __init__(self, name):
+        if name not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}.")
+        self.name = name
+
+    def forward(self, X, training=False, batch=None):
+        """X (n, *shape) -> A (n, *shape)."""
+        if self.name == "identity":
+            return X
+        if training:
+            A = self._buffer("A", X.shape)
+            np.copyto(A, X)
+        else:
+            A = X.astype(self.dtype, copy=True)
+        ACTIVATIONS[self.name](A)
+        if training:
+            self._A = A
+        return A
+
+    def backward(self, dA, need_input_grad=True):
+        """dA: d loss / d A (n, *shape), overwritten.  Returns d loss / d X."""
+        if not need_input_grad:
+            return None
+        if self.name == "identity":
+            return dA
+        return DERIVATIVES[self.name](self._A, dA)
