@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._sklearn_callbacks import CallbackSupportMixin, EpochTasks, fit_task_metadata
 from .concurrency import predict_in_chunks, single_blas_thread
-from .nn import SGD, Adam, Dropout
+from .nn import SGD, Activation, Adam, BatchNorm, Dropout
 from .training import (LR_SCHEDULES, BatchSource, ImprovementStopping, ScheduledLearningRate,
                        TrainingHistory, TrainingLoop, Verbose, train_lbfgs)
 
@@ -56,6 +56,15 @@ def positive_ints(values, name):
            for v in values):
         raise ValueError(f"{name} must be positive integers (> 0), got {values}.")
     return [int(v) for v in values]
+
+
+def activated(make_layer, activation, batch_norm):
+    """Layers for ``make_layer(activation=activation)``; with ``batch_norm``
+    the layer stays linear and is followed by BatchNorm, then the activation
+    (Ioffe & Szegedy's placement: normalise the pre-activations)."""
+    if not batch_norm:
+        return [make_layer(activation=activation)]
+    return [make_layer(activation="identity"), BatchNorm(), Activation(activation)]
 
 
 def _comparable(value):
@@ -100,6 +109,7 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
         "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
         "dtype": [StrOptions({"auto", "float32", "float64"})],
         "lr_schedule": [StrOptions(set(LR_SCHEDULES)), None],
+        "batch_norm": ["boolean"],
     }
 
     # ------------------------------------------------------------ the task's part
@@ -300,15 +310,24 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         if not incremental or self._optimizer is None:
             self._optimizer = self._make_optimizer()
-        rows, stopping = self._stopping_rule(X, Y, weights)
+        rows, validation_score = self._training_split(X, Y, weights)
         batch_size = self._batch_size(len(rows))
+        schedule = None
+        if self.lr_schedule is not None:
+            schedule = ScheduledLearningRate(self.lr_schedule,
+                                             self.max_iter * -(-len(rows) // batch_size),
+                                             start_step=self._history.steps)
+        stopping = ImprovementStopping(
+            self.tol, self.n_iter_no_change, validation_score, self.verbose,
+            # A warm-up learns slowly by design: no-improvement counts after it.
+            start_step=0 if schedule is None else schedule.warmup_end)
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape, rows)
         self._history.n_iter = 0
         loop = TrainingLoop(
             self._network, self._optimizer, source, self._history, batch_size=batch_size,
             shuffle=self.shuffle, random_state=self._random_state, alpha=self.alpha,
-            callbacks=self._loop_callbacks(stopping, tasks, len(rows), batch_size),
-            best_params=stopping.best_params, concurrent=concurrent)
+            callbacks=self._loop_callbacks(schedule, stopping, tasks),
+            best_model=stopping.best_model, concurrent=concurrent)
         reason = loop.fit(1 if incremental else self.max_iter)
         if incremental and reason == "max_iter":
             self._history.stop_reason = "partial_fit"
@@ -319,12 +338,12 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
                 ConvergenceWarning,
             )
 
-    def _stopping_rule(self, X, Y, weights):
-        """(training rows, ImprovementStopping): with early stopping, a
+    def _training_split(self, X, Y, weights):
+        """(training rows, validation score or None): with early stopping, a
         held-out split scored after every epoch."""
         rows = np.arange(X.shape[0])
         if not self.early_stopping:
-            return rows, ImprovementStopping(self.tol, self.n_iter_no_change, verbose=self.verbose)
+            return rows, None
         rows, val_rows = train_test_split(rows, random_state=self._random_state,
                                           test_size=self.validation_fraction,
                                           stratify=self._stratify(Y))
@@ -332,8 +351,7 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
             raise ValueError("The validation set is too small. Increase "
                              "'validation_fraction' or the size of your dataset.")
         w_val = None if weights is None else weights[val_rows]
-        score = self._validation_score(X[val_rows], Y[val_rows], w_val)
-        return rows, ImprovementStopping(self.tol, self.n_iter_no_change, score, self.verbose)
+        return rows, self._validation_score(X[val_rows], Y[val_rows], w_val)
 
     def _batch_size(self, n_train):
         if self.batch_size == "auto":
@@ -343,23 +361,17 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
                           "It is going to be clipped")
         return int(np.clip(self.batch_size, 1, n_train))
 
-    def _loop_callbacks(self, stopping, tasks, n_train, batch_size):
+    def _loop_callbacks(self, schedule, stopping, tasks):
         """The training loop's callbacks, in the order scikit-learn's MLP
         does these things after an epoch."""
-        callbacks = []
-        if self.lr_schedule is not None:
-            steps_per_epoch = -(-n_train // batch_size)
-            callbacks.append(ScheduledLearningRate(self.lr_schedule,
-                                                   self.max_iter * steps_per_epoch,
-                                                   start_step=self._history.steps))
-        if self.verbose:
-            callbacks.append(Verbose())
-        callbacks.append(stopping)
-        if tasks is not None:
-            callbacks.append(tasks)
-        return callbacks
+        optional = [schedule, Verbose() if self.verbose else None, stopping, tasks]
+        return [callback for callback in optional if callback is not None]
 
     def _fit_lbfgs(self, X, Y, weights, concurrent, tasks):
+        if self.batch_norm:
+            raise ValueError("batch_norm=True needs mini-batches: use solver='adam' or "
+                             "'sgd', not 'lbfgs' (full-batch L-BFGS has no batch statistics "
+                             "to normalise with).")
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape)
         self._history.loss_curve = []
         hooks = [] if tasks is None else [tasks.lbfgs_iteration]

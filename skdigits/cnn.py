@@ -1,12 +1,13 @@
 """NumpyCNNClassifier: a convolutional network from scratch, scikit-learn style."""
 
 import math
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import positive_ints
+from ._base import activated, positive_ints
 from ._classifier import BaseNetClassifier
 from .nn import Dense, Dropout, Network
 from .nn import Conv2D, Flatten, MaxPool2D
@@ -101,6 +102,10 @@ class NumpyCNNClassifier(BaseNetClassifier):
         float64 for tiny problems.
     lr_schedule : {'cosine', 'one-cycle'} or None, default=None
         As for :class:`NumpyMLPClassifier`.
+    batch_norm : bool, default=False
+        Batch normalisation after every convolution (per channel) and every
+        dense hidden layer, before the activation; as for
+        :class:`NumpyMLPClassifier`.
     weight_init : {'he', 'glorot'}, default='he'
         He initialisation suits the ReLU convolutions.
 
@@ -191,6 +196,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
         class_weight=None,
         dtype="auto",
         lr_schedule=None,
+        batch_norm=False,
         weight_init="he",
     ):
         self.conv_filters = conv_filters
@@ -224,6 +230,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
         self.class_weight = class_weight
         self.dtype = dtype
         self.lr_schedule = lr_schedule
+        self.batch_norm = batch_norm
         self.weight_init = weight_init
 
     def _make_network(self, n_features, n_outputs, out_activation, dtype):
@@ -234,8 +241,8 @@ class NumpyCNNClassifier(BaseNetClassifier):
         rates = self._dropout_rates(len(hidden))
         layers, (h, w, _) = [], shape
         for n_filters in filters:
-            layers.append(Conv2D(n_filters, self.kernel_size, padding="same",
-                                 activation=self.activation))
+            conv = partial(Conv2D, n_filters, self.kernel_size, padding="same")
+            layers += activated(conv, self.activation, self.batch_norm)
             if h >= self.pool_size and w >= self.pool_size and self.pool_size > 1:
                 layers.append(MaxPool2D(self.pool_size))
                 h, w = h // self.pool_size, w // self.pool_size
@@ -243,7 +250,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
         if self.conv_dropout > 0:
             layers.append(Dropout(self.conv_dropout))
         for units, rate in zip(hidden, rates):
-            layers.append(Dense(units, self.activation))
+            layers += activated(partial(Dense, units), self.activation, self.batch_norm)
             if rate > 0:
                 layers.append(Dropout(rate))
         layers.append(Dense(n_outputs, "identity"))

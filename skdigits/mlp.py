@@ -1,10 +1,11 @@
 """NumpyMLPClassifier: scikit-learn's MLPClassifier on our own NumPy engine."""
 
+from functools import partial
 from numbers import Integral
 
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import positive_ints
+from ._base import activated, positive_ints
 from ._classifier import BaseNetClassifier
 from .nn import Dense, Dropout, Network
 
@@ -92,9 +93,15 @@ class NumpyMLPClassifier(BaseNetClassifier):
         from ``learning_rate_init`` to 0 along a half cosine; 'one-cycle'
         warms it up linearly from ``learning_rate_init / 25`` to
         ``learning_rate_init`` over the first 30% of the steps, then decays
-        it along a cosine.  It multiplies whatever ``learning_rate`` does
-        (which keeps its scikit-learn meaning); None leaves the step size
-        exactly as MLPClassifier's.
+        it along a cosine; epochs without ``tol`` improvement count towards
+        ``n_iter_no_change`` only after that warm-up.  It multiplies whatever
+        ``learning_rate`` does (which keeps its scikit-learn meaning); None
+        leaves the step size exactly as MLPClassifier's.
+    batch_norm : bool, default=False
+        Normalise each hidden layer's pre-activations over the mini-batch
+        (Ioffe & Szegedy, 2015), with learned scale and shift, and with
+        running averages of the batch statistics at prediction.  Sample
+        weights enter the batch statistics.  Needs 'adam' or 'sgd'.
     weight_init : {'glorot', 'he'}, default='glorot'
         'glorot' is scikit-learn's uniform Glorot initialisation (used by
         default so results line up with MLPClassifier); 'he' draws
@@ -219,6 +226,7 @@ class NumpyMLPClassifier(BaseNetClassifier):
         class_weight=None,
         dtype="auto",
         lr_schedule=None,
+        batch_norm=False,
         weight_init="glorot",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -248,6 +256,7 @@ class NumpyMLPClassifier(BaseNetClassifier):
         self.class_weight = class_weight
         self.dtype = dtype
         self.lr_schedule = lr_schedule
+        self.batch_norm = batch_norm
         self.weight_init = weight_init
 
     def _hidden_sizes(self):
@@ -258,7 +267,7 @@ class NumpyMLPClassifier(BaseNetClassifier):
         rates = self._dropout_rates(len(sizes))
         layers = []
         for units, rate in zip(sizes, rates):
-            layers.append(Dense(units, self.activation))
+            layers += activated(partial(Dense, units), self.activation, self.batch_norm)
             if rate > 0:
                 layers.append(Dropout(rate))
         layers.append(Dense(n_outputs, "identity"))

@@ -16,7 +16,14 @@ def _exported_estimators():
             yield obj()
 
 
-ESTIMATORS = list(_exported_estimators())
+#: The opt-in training features, switched on: scikit-learn's checks must
+#: pass with them too.
+WITH_OPTIONS = [
+    skdigits.NumpyMLPClassifier(batch_norm=True, lr_schedule="one-cycle", dropout=0.2),
+    skdigits.NumpyCNNClassifier(batch_norm=True, lr_schedule="cosine"),
+]
+
+ESTIMATORS = list(_exported_estimators()) + WITH_OPTIONS
 
 
 def test_every_exported_estimator_is_checked():

@@ -247,3 +247,77 @@ def test_fit_in_a_worker_thread_equals_the_main_threads(two_blas_threads):
     with ThreadPoolExecutor(max_workers=1) as pool:
         worker = pool.submit(fit).result()
     np.testing.assert_array_equal(worker._network.params, main._network.params)
+
+
+# ------------------------------------------------------------ batch norm
+@pytest.mark.parametrize("make", [
+    lambda **kw: NumpyMLPClassifier(max_iter=3, **SMALL_MLP, **kw),
+    lambda **kw: NumpyCNNClassifier(max_iter=1, **SMALL_CNN, **kw),
+])
+def test_batch_norm_layers_learn_running_statistics_and_round_trip(digits, make, tmp_path):
+    from skdigits import load_model, save_model
+    from skdigits.nn import Activation, BatchNorm
+
+    X, y = digits
+    clf = fit_quietly(make(batch_norm=True), X[:600], y[:600])
+    norms = [layer for layer in clf._network.layers if isinstance(layer, BatchNorm)]
+    assert norms and all(isinstance(clf._network.layers[clf._network.layers.index(n) + 1],
+                                    Activation) for n in norms)
+    assert all(not np.allclose(n.running_var, 1.0) for n in norms)
+    loaded = load_model(save_model(clf, tmp_path / "bn.skops"))
+    np.testing.assert_array_equal(loaded.predict_proba(X[600:700]), clf.predict_proba(X[600:700]))
+    assert fit_quietly(make(), X[:600], y[:600]).score(X[600:], y[600:]) != clf.score(X[600:],
+                                                                                       y[600:])
+
+
+def test_batch_norm_refuses_lbfgs(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="batch_norm=True needs mini-batches"):
+        NumpyMLPClassifier(solver="lbfgs", batch_norm=True).fit(X, y)
+
+
+def test_restore_points_cover_batch_norm_running_statistics():
+    from skdigits.nn import Activation, BatchNorm, Dense, Network
+    from skdigits.training import DivergenceGuard
+
+    network = Network([Dense(6, "identity"), BatchNorm(), Activation("relu"), Dense(3)],
+                      "softmax", "float64").build((4,), np.random.RandomState(0))
+    guard = DivergenceGuard(network, learning_rate=0.1)
+    guard.start_epoch()
+    saved = [a.copy() for a in network.state_arrays()]
+    rng = np.random.RandomState(1)
+    network.loss_and_gradient(rng.rand(8, 4), np.eye(3)[rng.randint(3, size=8)])
+    network.params -= 0.1 * network.grads
+    assert not np.array_equal(network.state_arrays()[1], saved[1])  # running mean moved
+    guard.restore_epoch_start()
+    for array, before in zip(network.state_arrays(), saved):
+        np.testing.assert_array_equal(array, before)
+
+
+def test_no_improvement_is_not_counted_during_a_warm_up():
+    from skdigits.training import ImprovementStopping, TrainingHistory
+
+    class Loop:
+        history = TrainingHistory()
+        optimizer = Adam(np.zeros(1))
+
+    loop = Loop()
+    stopping = ImprovementStopping(tol=1.0, n_iter_no_change=1, start_step=10)
+    stopping.on_fit_begin(loop)
+    for steps in range(1, 10):  # the loss never improves by tol
+        loop.history.steps, loop.history.loss_curve = steps, loop.history.loss_curve + [1.0]
+        assert stopping.on_epoch_end(loop) is None
+    assert loop.history.no_improvement_count == 0
+    reasons = []
+    for steps in range(10, 13):
+        loop.history.steps, loop.history.loss_curve = steps, loop.history.loss_curve + [1.0]
+        reasons.append(stopping.on_epoch_end(loop))
+    # Counting starts at step 10: 1 (not > 1), then 2 > 1: stop.
+    assert reasons == [None, "converged", "converged"]
+
+
+def test_warm_start_refuses_switching_batch_norm_on(digits):
+    X, y = digits
+    clf = fit_quietly(NumpyMLPClassifier(max_iter=2, warm_start=True, **SMALL_MLP), X, y)
+    with pytest.raises(ValueError, match="batch_norm"):
+        fit_quietly(clf.set_params(batch_norm=True), X, y)

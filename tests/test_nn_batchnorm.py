@@ -406,7 +406,9 @@ def test_single_row_batch_outputs_beta_and_stays_finite():
     np.testing.assert_array_equal(dX, 0.0)
     np.testing.assert_array_equal(layer.grads["gamma"], 0.0)
     np.testing.assert_array_equal(layer.grads["beta"], dY[0])
-    np.testing.assert_allclose(layer.running_var, 0.9)  # biased variance 0 of one row
+    # A single row is no estimate of the spread: the running statistics stay.
+    np.testing.assert_array_equal(layer.running_var, 1.0)
+    np.testing.assert_array_equal(layer.running_mean, 0.0)
 
 
 def test_constant_feature_stays_finite():

@@ -77,6 +77,12 @@ class Layer(ABC):
         """Multiply-adds of the forward pass for one sample (after build)."""
         return 0
 
+    def state_arrays(self):
+        """Arrays besides the parameters that training updates in place and
+        prediction reads (e.g. BatchNorm's running statistics); restoring a
+        model's weights restores these too."""
+        return []
+
     def bind(self, params, grads):
         """Receive dicts name -> view into the network's flat buffers."""
         self.params = params

@@ -126,6 +126,11 @@ class Network:
             self._bind()
             self._prepare_row_keys()
 
+    def state_arrays(self):
+        """The parameters, then every layer's other trained state (running
+        statistics): what a snapshot of the model must copy."""
+        return [self.params] + [a for layer in self.layers for a in layer.state_arrays()]
+
     def parameter_arrays(self, name):
         """Views of parameter ``name`` ('W' or 'b') for every layer that has one."""
         return [layer.params[name] for layer in self.layers if name in getattr(layer, "params", {})]

@@ -74,10 +74,9 @@ class BatchNorm(Layer):
 
     * One sample (or several identical ones) on a Dense layer: every
       ``x̂`` is 0, so the output is ``beta``; no gradient reaches the
-      layers below or ``gamma``, and the running variance moves towards 0.
-      This is the exact map, as in Keras; PyTorch refuses such a batch.
-      A training loop should avoid 1-row batches (e.g. fold the remainder
-      into the previous batch).
+      layers below or ``gamma``.  This is the exact map, as in Keras;
+      PyTorch refuses such a batch.  A single row (m = 1) leaves the running
+      statistics unchanged: its variance of 0 is no estimate of the spread.
     * Weights summing to 0: the batch carries no information.  It is
       normalised with unweighted statistics (so the output stays finite and
       the backward pass is still that map's exact gradient; the upstream
@@ -127,6 +126,9 @@ class BatchNorm(Layer):
             self.reset_running_stats()
         return shape
 
+    def state_arrays(self):
+        return [self.running_mean, self.running_var]
+
     def reset_running_stats(self):
         """Running mean 0 and running variance 1 (the identity at inference)."""
         self.running_mean = np.zeros(self.channels)
@@ -165,7 +167,9 @@ class BatchNorm(Layer):
         xhat *= inv_std
         Y = np.multiply(xhat, self.params["gamma"], out=squares)  # squares are spent
         Y += self.params["beta"]
-        if informative:
+        # One row says nothing about the spread: its variance of 0 would
+        # drag the running variance (and so every prediction) towards 0.
+        if informative and rows.shape[0] > 1:
             self._update_running_stats(mean, var)
         self._p, self._xhat, self._inv_std = p, xhat, inv_std
         return Y.reshape(X.shape)

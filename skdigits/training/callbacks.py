@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from .guards import refresh, restore, snapshot
+
 
 class Verbose:
     """Print the loss after every epoch, as scikit-learn's MLP does."""
@@ -45,30 +47,36 @@ class ImprovementStopping:
     validation_score : callable, optional
         ``() -> float``, the score of the current weights on held-out data.
     verbose : bool
+    start_step : int
+        Training steps (``history.steps``) before which epochs without
+        improvement are not counted, e.g. a learning-rate warm-up, whose
+        first epochs learn slowly by design.
     """
 
-    def __init__(self, tol, n_iter_no_change, validation_score=None, verbose=False):
+    def __init__(self, tol, n_iter_no_change, validation_score=None, verbose=False,
+                 start_step=0):
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.validation_score = validation_score
         self.verbose = verbose
-        self._best_params = None
+        self.start_step = start_step
+        self._best_model = None
         self._history = None
 
     @property
     def early_stopping(self):
         return self.validation_score is not None
 
-    def best_params(self):
-        """The best weights so far (early stopping, once scored), or None."""
-        if self._best_params is None or not np.isfinite(self._history.best_validation_score):
+    def best_model(self):
+        """A snapshot of the best model so far (early stopping, once scored), or None."""
+        if self._best_model is None or not np.isfinite(self._history.best_validation_score):
             return None
-        return self._best_params
+        return self._best_model
 
     def on_fit_begin(self, loop):
         history = self._history = loop.history
         if self.early_stopping:
-            self._best_params = loop.network.params.copy()
+            self._best_model = snapshot(loop.network)
             if history.validation_scores is None:
                 history.validation_scores, history.best_validation_score = [], -np.inf
                 history.best_loss = None
@@ -81,7 +89,9 @@ class ImprovementStopping:
             improved = self._update_from_score(loop)
         else:
             improved = self._update_from_loss(history)
-        history.no_improvement_count = 0 if improved else history.no_improvement_count + 1
+        counting = history.steps >= self.start_step
+        history.no_improvement_count = 0 if improved or not counting \
+            else history.no_improvement_count + 1
         if history.no_improvement_count <= self.n_iter_no_change:
             return None
         what = "Validation score" if self.early_stopping else "Training loss"
@@ -101,7 +111,7 @@ class ImprovementStopping:
         improved = not score < history.best_validation_score + self.tol
         if score > history.best_validation_score:
             history.best_validation_score = score
-            self._best_params[...] = loop.network.params
+            refresh(self._best_model, loop.network)
         return improved
 
     def _update_from_loss(self, history):
@@ -111,9 +121,9 @@ class ImprovementStopping:
         return improved
 
     def on_fit_end(self, loop):
-        best = self.best_params()
+        best = self.best_model()
         if best is not None:
-            loop.network.params[...] = best
+            restore(loop.network, best)
 
 
 def cosine_factor(progress):
@@ -121,7 +131,11 @@ def cosine_factor(progress):
     return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
-def one_cycle_factor(progress, warmup=0.3, start=1 / 25):
+#: Share of the planned steps the one-cycle schedule spends warming up.
+ONE_CYCLE_WARMUP = 0.3
+
+
+def one_cycle_factor(progress, warmup=ONE_CYCLE_WARMUP, start=1 / 25):
     """Linear warm-up from ``start`` to 1 over the first ``warmup`` of training,
     then cosine decay to 0 (Smith & Topin's one-cycle policy, as PyTorch's
     ``OneCycleLR`` with its defaults ``pct_start=0.3``, ``div_factor=25``)."""
@@ -133,6 +147,9 @@ def one_cycle_factor(progress, warmup=0.3, start=1 / 25):
 
 #: Learning-rate schedules by name: progress in [0, 1] -> factor on the step size.
 LR_SCHEDULES = {"cosine": cosine_factor, "one-cycle": one_cycle_factor}
+
+#: Share of the planned steps each schedule spends warming up.
+LR_WARMUP = {"cosine": 0.0, "one-cycle": ONE_CYCLE_WARMUP}
 
 
 class ScheduledLearningRate:
@@ -156,6 +173,8 @@ class ScheduledLearningRate:
         self.schedule = LR_SCHEDULES[name]
         self.total_steps = max(int(total_steps), 1)
         self.start_step = int(start_step)
+        #: ``history.steps`` at which the warm-up ends.
+        self.warmup_end = self.start_step + int(LR_WARMUP[name] * self.total_steps)
 
     def on_batch_begin(self, loop):
         progress = (loop.history.steps - self.start_step) / self.total_steps

@@ -59,56 +59,75 @@ class InterruptFlag:
         return False
 
 
+def snapshot(network):
+    """Copies of everything that defines the trained model: the parameters
+    and the layers' trained state (BatchNorm's running statistics)."""
+    return [array.copy() for array in network.state_arrays()]
+
+
+def refresh(saved, network):
+    """Overwrite a :func:`snapshot` with the network's current state, in place."""
+    for copy, array in zip(saved, network.state_arrays()):
+        copy[...] = array
+
+
+def restore(network, saved):
+    """Put a :func:`snapshot` back, in place (layers keep their views)."""
+    for array, value in zip(network.state_arrays(), saved):
+        array[...] = value
+
+
 class DivergenceGuard:
     """Restore points for a stochastic fit, and the checks that use them.
 
-    It keeps the weights at the start of this epoch and of the previous one:
+    It keeps the model at the start of this epoch and of the previous one:
     when the loss turns non-finite on an epoch's first batch, this epoch's
     start is what produced it, and the previous start is the last one known
-    to be finite.  With early stopping, the best weights seen win over both.
+    to be finite.  With early stopping, the best model seen wins over both.
 
     Parameters
     ----------
-    params : ndarray
-        The network's flat parameter vector (restored in place).
+    network : Network
+        Restored in place (parameters and trained layer state).
     learning_rate : float
         Named in the error and warning messages.
     best : callable, optional
-        ``() -> ndarray or None``, the best weights so far (early stopping).
+        ``() -> snapshot or None``, the best model so far (early stopping).
     """
 
-    def __init__(self, params, learning_rate, best=None):
-        self.params = params
+    def __init__(self, network, learning_rate, best=None):
+        self.network = network
         self.learning_rate = learning_rate
         self._best = best or (lambda: None)
-        self._epoch_start = params.copy()
-        self._previous_start = self._epoch_start.copy()
+        self._epoch_start = snapshot(network)
+        self._previous_start = snapshot(network)
 
     def start_epoch(self):
         self._previous_start, self._epoch_start = self._epoch_start, self._previous_start
-        self._epoch_start[...] = self.params
+        refresh(self._epoch_start, self.network)
 
     def restore_epoch_start(self):
         """Back to this epoch's start (a batch in flight may be half applied)."""
-        self.params[...] = self._epoch_start
+        restore(self.network, self._epoch_start)
 
     def check_loss(self, loss, history, first_batch_of_epoch):
-        """Raise :class:`TrainingDiverged`, weights restored, for a non-finite loss."""
+        """Raise :class:`TrainingDiverged`, model restored, for a non-finite loss."""
         if np.isfinite(loss):
             return
         before_any_update = history.n_iter == 0 and first_batch_of_epoch and not history.t
         best = self._best()
         if best is not None:
-            self.params[...] = best
+            restore(self.network, best)
         else:
-            self.params[...] = self._previous_start if first_batch_of_epoch else self._epoch_start
+            restore(self.network, self._previous_start if first_batch_of_epoch
+                    else self._epoch_start)
         raise divergence_error(history.n_iter + 1, loss,
                                None if before_any_update else self.learning_rate)
 
     def check_weights(self, history):
         """The last step may overflow the weights without a loss to show it."""
-        if not np.all(np.isfinite(self.params)):
-            self.params[...] = self._epoch_start
+        if not np.all(np.isfinite(self.network.params)):
+            restore(self.network, self._epoch_start)
             raise divergence_error(history.n_iter + 1, "non-finite weights", self.learning_rate)
 
     def warn_if_exploding(self, history):

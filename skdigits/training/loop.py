@@ -38,9 +38,9 @@ class TrainingLoop:
     callbacks : sequence
         Objects with any of the hooks of :mod:`~skdigits.training.callbacks`,
         called in this order.
-    best_params : callable, optional
-        ``() -> ndarray or None``: weights to fall back on if the loss turns
-        non-finite (early stopping's best).
+    best_model : callable, optional
+        ``() -> snapshot or None``: the model to fall back on if the loss
+        turns non-finite (early stopping's best; see :func:`guards.snapshot`).
     concurrent : bool
         Compute the two row shards of a large batch on two threads at once
         (:class:`~skdigits.concurrency.DataParallel`); the results are the
@@ -48,7 +48,7 @@ class TrainingLoop:
     """
 
     def __init__(self, network, optimizer, source, history, *, batch_size, shuffle,
-                 random_state, alpha, callbacks=(), best_params=None, concurrent=False):
+                 random_state, alpha, callbacks=(), best_model=None, concurrent=False):
         self.network, self.optimizer, self.source, self.history = network, optimizer, source, history
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -56,7 +56,7 @@ class TrainingLoop:
         self.alpha = alpha
         self.callbacks = list(callbacks)
         self.concurrent = concurrent
-        self.guard = DivergenceGuard(network.params, optimizer.learning_rate_init, best_params)
+        self.guard = DivergenceGuard(network, optimizer.learning_rate_init, best_model)
         self.steps_per_epoch = -(-len(source) // batch_size)
         self._order = np.arange(len(source))
         self._interrupt = None
