@@ -9,6 +9,8 @@ accuracy on the 10,000 test digits.
     python benchmarks/bench_mlp.py --epochs 2       # quicker
     python benchmarks/bench_mlp.py --data other.npz
     python benchmarks/bench_mlp.py --repeats 1      # one timing per contender
+    python benchmarks/bench_mlp.py --hidden 512 --batch-sizes 128 --no-sklearn
+                                                    # a wide MLP against PyTorch
 
 The contenders take turns, ``--repeats`` times (default 3): this VM's speed
 drifts by up to 1.5x within minutes, so each contender's s/epoch is the
@@ -33,8 +35,8 @@ from _common import load_average, load_mnist, machine, peak_traced_mib, sgemm_gf
 from skdigits import NumpyMLPClassifier
 
 
-def params(epochs, batch_size):
-    return dict(hidden_layer_sizes=(128,), activation="relu", solver="adam",
+def params(epochs, batch_size, hidden=128):
+    return dict(hidden_layer_sizes=(hidden,), activation="relu", solver="adam",
                 learning_rate_init=1e-3, alpha=1e-4, batch_size=batch_size,
                 max_iter=epochs, tol=0.0, n_iter_no_change=epochs + 1, random_state=0)
 
@@ -42,8 +44,8 @@ def params(epochs, batch_size):
 class TorchMLP:
     """The same network and optimizer in PyTorch eager mode, for reference."""
 
-    def __init__(self, epochs, batch_size):
-        self.epochs, self.batch_size = epochs, batch_size
+    def __init__(self, epochs, batch_size, hidden=128):
+        self.epochs, self.batch_size, self.hidden = epochs, batch_size, hidden
 
     def fit(self, X, y):
         import torch
@@ -51,8 +53,9 @@ class TorchMLP:
         torch.manual_seed(0)
         Xt = torch.from_numpy(X.astype(np.float32))
         yt = torch.from_numpy(y.astype(np.int64))
-        self.model = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 128), torch.nn.ReLU(),
-                                         torch.nn.Linear(128, int(y.max()) + 1))
+        self.model = torch.nn.Sequential(torch.nn.Linear(X.shape[1], self.hidden),
+                                         torch.nn.ReLU(),
+                                         torch.nn.Linear(self.hidden, int(y.max()) + 1))
         # Adam's weight_decay adds decay * w to the gradient. scikit-learn adds
         # alpha * w / (rows in the batch), to the weights only, not the biases.
         weights = [p for p in self.model.parameters() if p.ndim > 1]
@@ -127,7 +130,10 @@ def main(argv=None):
     parser.add_argument("--data", help="npz with X_train, y_train, X_test, y_test")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[200, 64])
+    parser.add_argument("--hidden", type=int, default=128, help="hidden units (default 128)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--no-sklearn", action="store_true",
+                        help="skip scikit-learn (slow on wide networks); ratios to PyTorch only")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed turns per contender, taken in rotation (default 3)")
     args = parser.parse_args(argv)
@@ -137,33 +143,33 @@ def main(argv=None):
     print(f"# machine: {machine()}")
     print(f"# {load_average()} at the start")
     print(f"# data: {description}; train {X.shape}, test {X_test.shape}; {args.epochs} epochs; "
-          f"{args.repeats} turns per contender")
+          f"{args.repeats} turns per contender; 784-{args.hidden}-10")
     gflops = sgemm_gflops()
     # Forward and weight-gradient products for both layers, input-gradient
     # product for the output layer only (nothing needs d loss / d X).
-    flop_per_epoch = 2 * len(X) * (2 * X.shape[1] * 128 + 3 * 128 * 10)
+    flop_per_epoch = 2 * len(X) * (2 * X.shape[1] * args.hidden + 3 * args.hidden * 10)
     floor = flop_per_epoch / (gflops * 1e9)
     print(f"# sgemm at 200x784x128: {gflops:.0f} GFLOP/s -> GEMM floor {floor:.3f} s/epoch "
           f"({flop_per_epoch / 1e9:.1f} GFLOP/epoch)")
     use_torch = torch_available() and not args.no_torch
 
     for batch in args.batch_sizes:
-        p = params(args.epochs, batch)
-        contenders = [
-            ("skdigits", lambda: NumpyMLPClassifier(**p)),
-            ("sklearn", lambda: MLPClassifier(**p)),
-        ]
+        p = params(args.epochs, batch, args.hidden)
+        contenders = [("skdigits", lambda: NumpyMLPClassifier(**p))]
+        if not args.no_sklearn:
+            contenders.append(("sklearn", lambda: MLPClassifier(**p)))
         if use_torch:
-            contenders.append(("pytorch", lambda: TorchMLP(args.epochs, batch)))
+            contenders.append(("pytorch", lambda: TorchMLP(args.epochs, batch, args.hidden)))
         turns = {name: [] for name, _ in contenders}
         for turn in range(args.repeats):
             for name, make in contenders:
                 warm_up = make() if turn == 0 else None
                 turns[name].append(run(name, make(), X, y, X_test, y_test, args.epochs, warm_up))
         results = [median_of_turns(turns[name]) for name, _ in contenders]
-        mem_epoch = params(1, batch)
-        mems = {"skdigits": memory(lambda: NumpyMLPClassifier(**mem_epoch), X, y),
-                "sklearn": memory(lambda: MLPClassifier(**mem_epoch), X, y)}
+        mem_epoch = params(1, batch, args.hidden)
+        mems = {"skdigits": memory(lambda: NumpyMLPClassifier(**mem_epoch), X, y)}
+        if not args.no_sklearn:
+            mems["sklearn"] = memory(lambda: MLPClassifier(**mem_epoch), X, y)
         ref = {r["name"]: r for r in results}
         print(f"\n## batch {batch}")
         print(f"| model | s/epoch (median) | min-max | x sklearn | x pytorch | predict_proba s "
@@ -171,16 +177,20 @@ def main(argv=None):
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in results:
             vs_torch = (f"{r['s_epoch'] / ref['pytorch']['s_epoch']:.2f}" if "pytorch" in ref else "-")
+            vs_sk = (f"{r['s_epoch'] / ref['sklearn']['s_epoch']:.2f}" if "sklearn" in ref else "-")
+            vs_sk_predict = (f"{r['predict_s'] / ref['sklearn']['predict_s']:.2f}"
+                             if "sklearn" in ref else "-")
             mem = mems.get(r["name"])
             low, high = r["spread"]
             print(f"| {r['name']} | {r['s_epoch']:.3f} | {low:.3f}-{high:.3f} "
-                  f"| {r['s_epoch'] / ref['sklearn']['s_epoch']:.2f} "
+                  f"| {vs_sk} "
                   f"| {vs_torch} | {r['predict_s']:.3f} "
-                  f"| {r['predict_s'] / ref['sklearn']['predict_s']:.2f} | {100 * r['accuracy']:.2f}% "
+                  f"| {vs_sk_predict} | {100 * r['accuracy']:.2f}% "
                   f"| {'-' if mem is None else f'{mem:.1f}'} | {100 * floor / r['s_epoch']:.0f}% |")
-        print(f"accuracy difference skdigits - sklearn: "
-              f"{100 * (ref['skdigits']['accuracy'] - ref['sklearn']['accuracy']):+.2f} points; "
-              f"extra peak memory: {mems['skdigits'] - mems['sklearn']:+.1f} MiB")
+        if "sklearn" in ref:
+            print(f"accuracy difference skdigits - sklearn: "
+                  f"{100 * (ref['skdigits']['accuracy'] - ref['sklearn']['accuracy']):+.2f} "
+                  f"points; extra peak memory: {mems['skdigits'] - mems['sklearn']:+.1f} MiB")
     print(f"\n# {load_average()} at the end")
 
 

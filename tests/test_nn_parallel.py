@@ -490,3 +490,26 @@ def test_estimator_fit_independent_of_blas_threads(always_shard, monkeypatch, na
     assert np.array_equal(one._network.params, two._network.params)
     assert np.array_equal(proba_one, proba_two)
     assert one.loss_curve_ == two.loss_curve_
+
+
+# ------------------------------------------- 8. split elementwise passes
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_split_optimizer_step_and_penalty_are_bit_identical(optimizer, monkeypatch):
+    """The optimizer step, the L2 gradient and the sum of the shards'
+    gradients are elementwise: done as two halves on two threads they give
+    the bits of one pass on one thread."""
+    from skdigits.nn import SGD, Adam
+
+    make = {"adam": lambda p: Adam(p, 1e-2), "sgd": lambda p: SGD(p, 0.05)}[optimizer]
+    runs = []
+    for split in (False, True):
+        monkeypatch.setattr(skdigits.concurrency, "SPLIT_STEP_MIN_PARAMS", 1 if split else 10**12)
+        network = mlp("float32", dropout=0.5, seed=11)
+        opt = make(network.params)
+        with DataParallel(network, concurrent=split) as parallel:
+            for i in range(5):
+                X, Y, w = batch(network, 9, seed=90 + i, weights=i == 3)
+                parallel.loss_and_gradient(X, Y, w, alpha=0.3, step=i)
+                parallel.step(opt)
+        runs.append(network.params.copy())
+    assert np.array_equal(runs[0], runs[1])

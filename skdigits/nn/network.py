@@ -193,9 +193,19 @@ class Network:
         """Add the L2 term's gradient to ``self.grads`` and return its loss."""
         if not alpha:
             return 0.0
+        self.add_penalty_gradient(alpha, weight_sum, slice(0, self.n_penalized))
+        return self.penalty_loss(alpha, weight_sum)
+
+    def penalty_loss(self, alpha, weight_sum):
+        """``0.5 * alpha * ||W||^2 / weight_sum``."""
         W = self.params[:self.n_penalized]
-        self.grads[:self.n_penalized] += self.dtype.type(alpha / weight_sum) * W
         return 0.5 * alpha * float(np.dot(W, W)) / weight_sum
+
+    def add_penalty_gradient(self, alpha, weight_sum, part):
+        """``grads[part] += alpha / weight_sum * params[part]``, for ``part``
+        within the penalized weights; elementwise, so any split gives the same bits."""
+        scale = self.dtype.type(alpha / weight_sum)
+        self.grads[part] += np.multiply(self.params[part], scale)
 
     def replica(self):
         """A network sharing this one's parameters, with its own gradient buffer

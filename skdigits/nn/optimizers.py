@@ -36,7 +36,19 @@ class StochasticOptimizer:
 
     def step(self, grads):
         """Apply one update computed from ``grads`` (same layout as params)."""
-        self.params += self._compute_update(grads)
+        self.begin_step()
+        self.update_part(grads, slice(None))
+
+    def begin_step(self):
+        """The step's scalars (e.g. Adam's bias-corrected rate), once per step."""
+
+    def update_part(self, grads, part):
+        """Update ``params[part]`` from ``grads[part]`` after :meth:`begin_step`.
+
+        Every operation is elementwise, so the parameter vector may be
+        updated in any split of slices (on any threads) with the same bits.
+        """
+        self.params[part] += self._compute_update(grads, part)
 
     #: Work arrays, re-created on load rather than saved with the model.
     _scratch = ("_update",)
@@ -85,15 +97,17 @@ class SGD(StochasticOptimizer):
         self.velocity = np.zeros_like(params)
         self._scaled_grad = np.zeros_like(params)
 
-    def _compute_update(self, grads):
-        lr_grad = np.multiply(grads, self.learning_rate * self.lr_scale, out=self._scaled_grad)
-        self.velocity *= self.momentum
-        self.velocity -= lr_grad
+    def _compute_update(self, grads, part):
+        velocity, update = self.velocity[part], self._update[part]
+        lr_grad = np.multiply(grads[part], self.learning_rate * self.lr_scale,
+                              out=self._scaled_grad[part])
+        velocity *= self.momentum
+        velocity -= lr_grad
         if not self.nesterov:
-            return self.velocity
-        np.multiply(self.velocity, self.momentum, out=self._update)
-        self._update -= lr_grad
-        return self._update
+            return velocity
+        np.multiply(velocity, self.momentum, out=update)
+        update -= lr_grad
+        return update
 
     def iteration_ends(self, time_step):
         if self.lr_schedule == "invscaling":
@@ -152,22 +166,27 @@ class Adam(StochasticOptimizer):
             floor = self._floor_values = np.full_like(self.v, self._v_floor)
         return floor
 
-    def _compute_update(self, grads):
-        b1, b2, work, update = self.beta_1, self.beta_2, self._work, self._update
+    def begin_step(self):
+        b1, b2 = self.beta_1, self.beta_2
         self.t += 1
-        self.m *= b1
-        self.m += np.multiply(grads, 1 - b1, out=work)
-        np.multiply(grads, grads, out=work)
-        work *= 1 - b2
-        self.v *= b2
-        self.v += work
-        np.maximum(self.v, self._floor_array(), out=self.v)
         # A Python float, not a NumPy float64 scalar: against a float32 array
         # the latter forces a float64 loop (46 against 10 us per pass).
         self.learning_rate = float(self.learning_rate_init * self.lr_scale
                                    * np.sqrt(1 - b2**self.t) / (1 - b1**self.t))
-        np.multiply(self.m, -self.learning_rate, out=update)
-        np.sqrt(self.v, out=work)
+
+    def _compute_update(self, grads, part):
+        b1, b2 = self.beta_1, self.beta_2
+        g, m, v = grads[part], self.m[part], self.v[part]
+        work, update = self._work[part], self._update[part]
+        m *= b1
+        m += np.multiply(g, 1 - b1, out=work)
+        np.multiply(g, g, out=work)
+        work *= 1 - b2
+        v *= b2
+        v += work
+        np.maximum(v, self._floor_array()[part], out=v)
+        np.multiply(m, -self.learning_rate, out=update)
+        np.sqrt(v, out=work)
         work += self.epsilon
         update /= work
         return update

@@ -119,7 +119,7 @@ class TrainingLoop:
         self.guard.check_loss(loss, history, first_of_epoch)
         if history.first_batch_loss is None:
             history.first_batch_loss = loss
-        self.optimizer.step(self.network.grads)
+        self._parallel.step(self.optimizer)
         history.steps += 1
         return loss
 
