@@ -321,3 +321,51 @@ def test_warm_start_refuses_switching_batch_norm_on(digits):
     clf = fit_quietly(NumpyMLPClassifier(max_iter=2, warm_start=True, **SMALL_MLP), X, y)
     with pytest.raises(ValueError, match="batch_norm"):
         fit_quietly(clf.set_params(batch_norm=True), X, y)
+
+
+# ------------------------------------------------------------ mutation-audit gaps
+def test_interrupted_lbfgs_keeps_the_best_point_evaluated_not_the_last_trial(monkeypatch):
+    """A line search tries points worse than the current one; Ctrl-C after
+    such a trial must leave the network on the best point seen."""
+    import skdigits.training.lbfgs as lbfgs
+    from skdigits.nn import Dense, Network
+    from skdigits.training import BatchSource, TrainingHistory
+
+    rng = np.random.RandomState(0)
+    X, labels = rng.rand(40, 5), rng.randint(3, size=40)
+    network = Network([Dense(4, "tanh"), Dense(3)], "softmax", "float64")
+    network.build((5,), rng)
+    start = network.params.copy()
+    worse = start + 50.0  # a far, much worse trial point
+    trials = []
+
+    def fake_minimize(objective, x0, **kwargs):
+        trials.append(objective(np.array(x0)))
+        trials.append(objective(worse))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lbfgs, "minimize_lbfgs", fake_minimize)
+    source = BatchSource(X, np.eye(3)[labels], None, network.dtype, (5,))
+    history = TrainingHistory()
+    with pytest.warns(UserWarning, match="interrupted"):
+        result = lbfgs.train_lbfgs(network, source, alpha=1e-4, max_iter=5, max_fun=50,
+                                   tol=1e-4, history=history)
+    assert result is None and history.stop_reason == "interrupted"
+    assert trials[1][0] > trials[0][0]
+    np.testing.assert_array_equal(network.params, start)
+
+
+def test_cnn_tall_narrow_images_pool_each_side_by_its_own_size(digits):
+    """(8, 2) images: the first block pools to (4, 1); the second cannot pool
+    a width of 1 and must not (a width computed from the height would)."""
+    from skdigits.nn import Conv2D, Flatten, MaxPool2D
+
+    X, y = digits
+    X = X[:200, :16]
+    clf = fit_quietly(NumpyCNNClassifier(conv_filters=(2, 2), hidden_layer_sizes=(4,),
+                                         image_shape=(8, 2), max_iter=1, random_state=0),
+                      X, y[:200])
+    kinds = [type(layer) for layer in clf._network.layers]
+    assert kinds[:4] == [Conv2D, MaxPool2D, Conv2D, Flatten]
+    assert clf._network.layers[3].input_shape == (4, 1, 2)
+    assert clf.predict_proba(X[:3]).shape == (3, len(np.unique(y[:200])))

@@ -760,6 +760,25 @@ def test_same_weighted_training_as_sklearn():
     assert_same_training(ours, theirs, X_PAR)
 
 
+@_PEER_1_7
+def test_early_stopping_scores_are_weighted_as_sklearn_weights_them():
+    """MLPClassifier weights its validation accuracy with sample_weight_val;
+    a validation score that ignored the weights would differ here, where
+    the weights are far from uniform and the split's accuracy is not 1."""
+    rng = np.random.RandomState(3)
+    sw = np.where(rng.rand(len(Y_PAR)) < 0.3, 8.0, 0.25)
+    ours, theirs = _side_by_side(X_PAR, Y_PAR, fit_kwargs={"sample_weight": sw},
+                                 hidden_layer_sizes=(8,), max_iter=6, random_state=0,
+                                 early_stopping=True, validation_fraction=0.3)
+    assert_same_training(ours, theirs, X_PAR)
+    assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-12)
+    assert max(ours.validation_scores_) < 1.0
+    unweighted = quiet(NumpyMLPClassifier(dtype="float64", hidden_layer_sizes=(8,), max_iter=6,
+                                          random_state=0, early_stopping=True,
+                                          validation_fraction=0.3).fit, X_PAR, Y_PAR)
+    assert unweighted.validation_scores_ != ours.validation_scores_
+
+
 @pytest.mark.parametrize("container", [sp.csr_matrix, sp.csc_matrix])
 def test_same_sparse_training_as_sklearn(container):
     ours, theirs = _side_by_side(container(X_PAR), Y_PAR, hidden_layer_sizes=(16,), max_iter=6,
