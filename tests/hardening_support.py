@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from hypothesis import HealthCheck, Phase, settings
 from threadpoolctl import threadpool_limits
 
 from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
@@ -15,6 +16,29 @@ from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
 MLP_SMALL = {"hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0}
 CNN_SMALL = {"conv_filters": (4,), "hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0}
 ESTIMATORS = {"mlp": (NumpyMLPClassifier, MLP_SMALL), "cnn": (NumpyCNNClassifier, CNN_SMALL)}
+
+
+#: SKDIGITS_FUZZ_SCALE multiplies every property's example count;
+#: SKDIGITS_FUZZ_RANDOM draws fresh examples instead of the fixed ones.
+FUZZ_SCALE = float(os.environ.get("SKDIGITS_FUZZ_SCALE", "1"))
+FUZZ_RANDOM = bool(os.environ.get("SKDIGITS_FUZZ_RANDOM"))
+
+
+def fuzz(max_examples):
+    """Hypothesis settings for the hardening properties: reproducible by
+    default, no deadline, no shrinking (a failing property reports its first
+    failing example; shrinking one that fails through the CSV diagnosis took
+    minutes)."""
+    return settings(
+        max_examples=max(1, int(max_examples * FUZZ_SCALE)),
+        deadline=None,
+        derandomize=not FUZZ_RANDOM,
+        database=None,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        report_multiple_bugs=False,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                               HealthCheck.data_too_large],
+    )
 
 
 def make(name, **params):

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -32,12 +31,6 @@ class Recorder:
 
     def teardown(self, estimator, context):
         self.events.append(("teardown", context.task_name))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    return X / 16.0, y
 
 
 def test_one_subtask_per_epoch_with_its_loss_and_a_usable_snapshot(digits):

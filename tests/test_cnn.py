@@ -3,14 +3,11 @@ in benchmarks/bench_cnn.py; a shortened version is below)."""
 
 import os
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.datasets import load_digits
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 
 from skdigits.cnn import NumpyCNNClassifier, infer_image_shape
@@ -18,18 +15,7 @@ from skdigits.cnn import NumpyCNNClassifier, infer_image_shape
 SMALL = dict(conv_filters=(8,), hidden_layer_sizes=(32,), max_iter=8, learning_rate_init=0.005,
              dropout=0.0, conv_dropout=0.0, random_state=0)
 
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    return X / 16.0, y
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("no_convergence_warnings")
 
 
 def test_learns_digits(digits):

@@ -1,7 +1,6 @@
 """scikit-learn's estimator checks over every estimator skdigits exports,
 with no expected failures."""
 
-import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import skdigits

@@ -16,7 +16,6 @@ import sklearn
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
-from threadpoolctl import threadpool_limits
 
 import skdigits
 from skdigits import NumpyMLPClassifier
@@ -24,6 +23,8 @@ from skdigits import NumpyMLPClassifier
 dask = pytest.importorskip("dask", reason="dask is not installed (the 'distributed' extra)")
 distributed = pytest.importorskip("distributed",
                                   reason="distributed is not installed (the 'distributed' extra)")
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 da = pytest.importorskip("dask.array", reason="dask.array needs dask[array]")
 joblib = pytest.importorskip("joblib")
 
@@ -42,12 +43,6 @@ def _incremental_class():
         pytest.skip(f"dask-ml does not import with scikit-learn {sklearn.__version__}: "
                     f"{type(exc).__name__}: {exc}")
     return Incremental
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_blas_thread():
-    with threadpool_limits(1, user_api="blas"):
-        yield
 
 
 @pytest.fixture(scope="module")

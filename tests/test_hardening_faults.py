@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skops.io as sio
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits
 
 import skdigits
 from hardening_support import (  # noqa: F401 - the autouse fixture must be imported
-    SideEffect, make, one_blas_thread_and_outcomes, record)
+    SideEffect, fuzz, make, one_blas_thread_and_outcomes, record)
 from skdigits import (
     ImageTransformer,
     cli,
@@ -53,17 +53,7 @@ from skdigits import (
 )
 from skdigits.nn.network import Network
 
-FUZZ_SCALE = float(os.environ.get("SKDIGITS_FUZZ_SCALE", "1"))
-FUZZ_RANDOM = bool(os.environ.get("SKDIGITS_FUZZ_RANDOM"))
 
-
-def fuzz(max_examples):
-    return settings(
-        max_examples=max(1, int(max_examples * FUZZ_SCALE)), deadline=None,
-        derandomize=not FUZZ_RANDOM, database=None,
-        phases=[Phase.explicit, Phase.reuse, Phase.generate], report_multiple_bugs=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
 
 
 posix_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX SIGINT semantics")

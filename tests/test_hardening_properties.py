@@ -29,7 +29,6 @@ import csv
 import functools
 import io
 import math
-import os
 import re
 import signal
 import threading
@@ -39,13 +38,13 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from hardening_support import (  # noqa: F401 - the autouse fixture must be imported
-    ESTIMATORS, make, one_blas_thread_and_outcomes, record)
+    ESTIMATORS, fuzz, make, one_blas_thread_and_outcomes, record)
 from skdigits import (
     ImageTransformer,
     load_digit_csv,
@@ -58,25 +57,9 @@ pytestmark = [pytest.mark.filterwarnings("ignore::sklearn.exceptions.Convergence
               pytest.mark.filterwarnings("ignore:Got `batch_size`:UserWarning")]
 
 # ----------------------------------------------------------------- settings
-FUZZ_SCALE = float(os.environ.get("SKDIGITS_FUZZ_SCALE", "1"))
-FUZZ_RANDOM = bool(os.environ.get("SKDIGITS_FUZZ_RANDOM"))
 #: Seconds one case may take before it counts as a hang.
 CASE_TIME_LIMIT = 30
 
-
-def fuzz(max_examples):
-    # No shrinking: a failing property reports its first failing example
-    # (shrinking one that fails through the CSV diagnosis took minutes).
-    return settings(
-        max_examples=max(1, int(max_examples * FUZZ_SCALE)),
-        deadline=None,
-        derandomize=not FUZZ_RANDOM,
-        database=None,
-        phases=[Phase.explicit, Phase.reuse, Phase.generate],
-        report_multiple_bugs=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                               HealthCheck.data_too_large],
-    )
 
 
 class CaseTimedOut(BaseException):
@@ -326,10 +309,16 @@ def test_feature_count_mismatch_is_named(name, d_fit, d_predict):
     if ok:
         fail_result(family, f"predicting on {d_predict} features after fitting on {d_fit} worked")
     for method in (est.predict_proba, est.predict_log_proba):
-        run_case(family, functools.partial(method, rng.rand(5, d_predict)), r"features")
+        ok, _ = run_case(family, functools.partial(method, rng.rand(5, d_predict)), r"features")
+        if ok:
+            fail_result(family, f"{method.__name__} on {d_predict} features after fitting on "
+                                f"{d_fit} worked")
     if name == "mlp":  # partial_fit continues with the same feature count
-        run_case(family, lambda: est.partial_fit(rng.rand(5, d_predict), np.arange(5) % 2),
-                 r"features")
+        ok, _ = run_case(family, lambda: est.partial_fit(rng.rand(5, d_predict),
+                                                         np.arange(5) % 2), r"features")
+        if ok:
+            fail_result(family, f"partial_fit on {d_predict} features after fitting on "
+                                f"{d_fit} worked")
 
 
 # ============================================================ estimators: y

@@ -26,8 +26,11 @@ from sklearn.utils.class_weight import compute_sample_weight
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from skdigits import NumpyMLPClassifier
+from support import model_params
 from skdigits.nn import PREDICT_CHUNK
 from skdigits.training import TrainingDiverged
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 _DIGITS_X, DIGITS_Y = load_digits(return_X_y=True)
 DIGITS_X = _DIGITS_X / 16.0
@@ -39,27 +42,15 @@ X_TRAIN, X_TEST, Y_TRAIN, Y_TEST = train_test_split(
 X_SMALL, Y_SMALL = DIGITS_X[:400], DIGITS_Y[:400]
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # These networks are tiny: a second BLAS thread gains nothing, and on a
-    # busy machine OpenBLAS's spinning threads make runs 10-40x slower.
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-def _params(clf):
-    return list(clf.coefs_) + list(clf.intercepts_)
-
-
 def assert_same_params(a, b):
-    pa, pb = _params(a), _params(b)
+    pa, pb = model_params(a), model_params(b)
     assert len(pa) == len(pb)
     for x, y in zip(pa, pb):
         assert_array_equal(x, y)
 
 
 def params_differ(a, b):
-    return any(not np.array_equal(x, y) for x, y in zip(_params(a), _params(b)))
+    return any(not np.array_equal(x, y) for x, y in zip(model_params(a), model_params(b)))
 
 
 def quiet_fit(clf, *args, **kwargs):
@@ -133,12 +124,18 @@ def test_invalid_parameters_raise_value_error_naming_them(params, name):
         clf.fit(X_SMALL[:50], Y_SMALL[:50])
 
 
-def test_valid_dropout_forms_are_accepted():
-    for dropout in (0.0, 0.25, [0.1, 0.0], (0.5, 0.2), np.array([0.3, 0.3])):
-        clf = NumpyMLPClassifier(hidden_layer_sizes=(8, 8), dropout=dropout, max_iter=1,
-                                 random_state=0)
-        quiet_fit(clf, X_SMALL[:60], Y_SMALL[:60])
-        assert clf.predict(X_SMALL[:5]).shape == (5,)
+@pytest.mark.parametrize("dropout, rates", [
+    (0.0, []), (0.25, [0.25, 0.25]), ([0.1, 0.0], [0.1]), ((0.5, 0.2), [0.5, 0.2]),
+    (np.array([0.3, 0.3]), [0.3, 0.3]),
+])
+def test_valid_dropout_forms_give_one_dropout_layer_per_nonzero_rate(dropout, rates):
+    from skdigits.nn import Dropout
+
+    clf = NumpyMLPClassifier(hidden_layer_sizes=(8, 8), dropout=dropout, max_iter=1,
+                             random_state=0)
+    quiet_fit(clf, X_SMALL[:60], Y_SMALL[:60])
+    assert [layer.rate for layer in clf._network.layers if isinstance(layer, Dropout)] == rates
+    assert np.all(np.isfinite(clf.predict_proba(X_SMALL[:5])))
 
 
 # ---------------------------------------------------- fit versus partial_fit
@@ -310,7 +307,7 @@ def test_zero_sample_weight_equals_removing_rows(solver):
                          sample_weight=keep.astype(float))
     removed = quiet_fit(NumpyMLPClassifier(batch_size=int(keep.sum()), **common),
                         X[keep], y[keep])
-    for a, b in zip(_params(weighted), _params(removed)):
+    for a, b in zip(model_params(weighted), model_params(removed)):
         assert_allclose(a, b, rtol=1e-7, atol=1e-10)
     assert_allclose(weighted.loss_curve_, removed.loss_curve_, rtol=1e-9)
     assert_array_equal(weighted.predict(X_TEST), removed.predict(X_TEST))
@@ -331,7 +328,7 @@ def test_unit_sample_weight_is_no_weight():
     plain = quiet_fit(NumpyMLPClassifier(**common), X_SMALL, Y_SMALL)
     ones = quiet_fit(NumpyMLPClassifier(**common), X_SMALL, Y_SMALL,
                      sample_weight=np.ones(len(Y_SMALL)))
-    for a, b in zip(_params(plain), _params(ones)):
+    for a, b in zip(model_params(plain), model_params(ones)):
         assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -418,8 +415,13 @@ def test_dropout_changes_training_but_not_prediction():
     assert params_differ(plain, dropped)
     assert_same_params(dropped, again)  # reproducible with the same random_state
     assert params_differ(dropped, other_seed)
-    # Inference is deterministic: no dropout at prediction.
-    assert_array_equal(dropped.predict_proba(X_TEST), dropped.predict_proba(X_TEST))
+    # No dropout at prediction: the output is the plain forward pass through
+    # the Dense layers alone (inverted dropout needs no rescaling there).
+    hidden = np.maximum(X_TEST @ dropped.coefs_[0] + dropped.intercepts_[0], 0)
+    logits = hidden @ dropped.coefs_[1] + dropped.intercepts_[1]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    assert_allclose(dropped.predict_proba(X_TEST), expected, rtol=1e-10)
     assert_array_equal(dropped.predict(X_TEST), again.predict(X_TEST))
 
 
@@ -585,9 +587,9 @@ def test_joblib_round_trip_and_continue_partial_fit(tmp_path):
     joblib.dump(clf, path)
     restored = joblib.load(path)
     assert_array_equal(restored.predict_proba(X_TEST), clf.predict_proba(X_TEST))
-    before = [p.copy() for p in _params(restored)]
+    before = [p.copy() for p in model_params(restored)]
     restored.partial_fit(X_SMALL, Y_SMALL)
-    assert any(not np.array_equal(a, b) for a, b in zip(before, _params(restored))), \
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model_params(restored))), \
         "partial_fit after joblib.load did not change the weights"
     clf.partial_fit(X_SMALL, Y_SMALL)
     assert_same_params(clf, restored)
@@ -726,10 +728,18 @@ def test_multilabel_indicator_targets():
 
 def test_multilabel_partial_fit():
     X, Y = make_multilabel_classification(n_samples=100, n_classes=4, random_state=1)
-    clf = NumpyMLPClassifier(hidden_layer_sizes=(16,), random_state=0)
-    for _ in range(3):
+    X = (X - X.mean(0)) / X.std(0)
+    clf = NumpyMLPClassifier(hidden_layer_sizes=(16,), random_state=0, learning_rate_init=0.01)
+    losses = []
+    for _ in range(30):
         clf.partial_fit(X, Y, classes=[0, 1, 2, 3])
-    assert clf.predict(X).shape == Y.shape
+        losses.append(clf.loss_)
+    pred = clf.predict(X)
+    assert pred.shape == Y.shape and clf.out_activation_ == "logistic"
+    assert losses[-1] < 0.8 * losses[0]  # it learns, one epoch per call
+    majority = np.maximum(Y.mean(0), 1 - Y.mean(0)).mean()  # 0.68 label-wise
+    assert np.mean(pred == Y) > majority + 0.15
+    assert clf.n_iter_ == 1 and clf.t_ == 30 * len(X)
 
 
 def test_binary_targets():
@@ -804,9 +814,13 @@ def test_sparse_input_lbfgs():
 
 def test_sparse_input_partial_fit():
     Xs = sp.csr_matrix(X_SMALL)
-    clf = NumpyMLPClassifier(hidden_layer_sizes=(8,))
-    clf.partial_fit(Xs, Y_SMALL, classes=CLASSES)
-    assert clf.predict(Xs).shape == (len(Y_SMALL),)
+    sparse = NumpyMLPClassifier(hidden_layer_sizes=(8,), random_state=0, dtype="float64")
+    dense = NumpyMLPClassifier(hidden_layer_sizes=(8,), random_state=0, dtype="float64")
+    for _ in range(3):
+        sparse.partial_fit(Xs, Y_SMALL, classes=CLASSES)
+        dense.partial_fit(X_SMALL, Y_SMALL, classes=CLASSES)
+    assert_allclose(sparse.predict_proba(Xs), dense.predict_proba(X_SMALL), rtol=1e-10)
+    assert_array_equal(sparse.predict(Xs), dense.predict(X_SMALL))
 
 
 # ------------------------------------------------------------------- pandas
@@ -938,9 +952,13 @@ def test_float64_model_accepts_values_beyond_float32_range():
                                        random_state=0), X_SMALL, Y_SMALL)
     with np.errstate(over="ignore"):
         try:
-            clf.predict(X)
+            pred = clf.predict(X)
         except ValueError as exc:  # an output overflow is fine; the float32 guard is not
             assert "float32" not in str(exc)
+            assert "overflowed" in str(exc)
+        else:
+            # The other rows predict as without the huge value.
+            assert_array_equal(pred[1:], clf.predict(X_SMALL[1:]))
 
 
 def _fit_without_the_float32_guard(clf, X, y):
@@ -1020,7 +1038,7 @@ def test_divergence_raises_and_keeps_a_usable_model(params, scale):
         with pytest.raises(ValueError, match="learning_rate_init") as info:
             clf.fit(X, DIGITS_Y)
     assert isinstance(info.value, TrainingDiverged)
-    assert all(np.all(np.isfinite(c)) for c in _params(clf))
+    assert all(np.all(np.isfinite(c)) for c in model_params(clf))
     with np.errstate(all="ignore"):
         proba = clf.predict_proba(X)
         pred = clf.predict(X)
@@ -1064,7 +1082,7 @@ def test_lbfgs_divergence_on_huge_inputs():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError):
             clf.fit(X, DIGITS_Y[:200])
-    assert all(np.all(np.isfinite(c)) for c in _params(clf))
+    assert all(np.all(np.isfinite(c)) for c in model_params(clf))
 
 
 # ------------------------------------------------------------------- Ctrl-C

@@ -29,9 +29,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import MinMaxScaler
-from threadpoolctl import threadpool_limits
 
 from skdigits import NumpyMLPClassifier
+from support import model_params
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 ACTIVATIONS = ["identity", "logistic", "tanh", "relu"]
 
@@ -55,22 +57,10 @@ _PEER_1_7 = pytest.mark.skipif(
            "labels here only from 1.7")
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # These networks are tiny: a second BLAS thread gains nothing, and on a
-    # busy machine OpenBLAS's spinning threads make runs 10-40x slower.
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def quiet(callable_, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return callable_(*args, **kwargs)
-
-
-def _params(clf):
-    return list(clf.coefs_) + list(clf.intercepts_)
 
 
 def assert_same_argmax(proba, log_proba):
@@ -286,7 +276,7 @@ def test_huge_inputs_never_leave_non_finite_weights():
             clf.fit(X, y)
         except ValueError:
             pass
-    assert all(np.all(np.isfinite(p)) for p in _params(clf))
+    assert all(np.all(np.isfinite(p)) for p in model_params(clf))
 
 
 def test_predict_proba_binary():
@@ -533,8 +523,12 @@ def test_feature_names_kept_with_early_stopping():
     y = pd.Series(np.full(10, 1), name="colname_y")
     clf = NumpyMLPClassifier(early_stopping=True, validation_fraction=0.2)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("error", UserWarning)  # "X does not have valid feature names"
         quiet(clf.fit, X, y)
+        assert_array_equal(clf.feature_names_in_, ["colname_a", "colname_b"])
+        clf.predict(X)  # validation split and prediction both keep the names
+    with pytest.raises(ValueError, match="feature names"):
+        clf.predict(X.rename(columns={"colname_a": "other"}))
 
 
 def test_warm_start_with_early_stopping_extends_scores():
@@ -615,7 +609,7 @@ def assert_same_training(ours, theirs, X, rtol=RTOL):
     assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=rtol)
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=rtol)
     assert ours.t_ == theirs.t_
-    for a, b in zip(_params(ours), _params(theirs)):
+    for a, b in zip(model_params(ours), model_params(theirs)):
         assert a.shape == b.shape
         assert_allclose(a, b, rtol=1e-7, atol=1e-10)
     assert_array_equal(ours.predict(X), theirs.predict(X))

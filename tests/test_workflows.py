@@ -14,26 +14,12 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_sco
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from skdigits import NumpyMLPClassifier
 
+pytestmark = pytest.mark.usefixtures("one_blas_thread", "no_convergence_warnings")
+
 X_DIGITS, Y_DIGITS = load_digits(return_X_y=True)
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # These networks are tiny: a second BLAS thread gains nothing, and on a
-    # busy machine OpenBLAS's spinning threads make runs 10-40x slower.
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _no_convergence_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
 
 
 def _pipeline(estimator):
