@@ -1,0 +1,217 @@
+"""Hostile model files and safe saves.
+
+Every hostile file is built here, small: a schema whose back-references make
+skops' type audit exponential, allowed types with absurd sizes, a zip bomb
+under the total cap, pickles skops would not recognise, and saves killed
+half-way.  Each is refused (or cleaned up) from bounds checked before any
+audit or inflation, and the refusal names the file.
+"""
+
+import errno
+import io
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import skops.io as sio
+from numpy.testing import assert_array_equal
+
+import skdigits.data._atomic as atomic
+from conftest import write_kaggle_csv
+from hardening_support import SideEffect
+from skdigits import NumpyCNNClassifier, NumpyMLPClassifier, cli, persistence
+from skdigits.data import atomic_write
+from skdigits.persistence import load_model, save_model
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="needs POSIX flock and SIGKILL")
+
+
+# ------------------------------------------------------------------ builders
+def _node(cls, module, loader, **fields):
+    return {"__class__": cls, "__module__": module, "__loader__": loader, **fields}
+
+
+PROTOCOL = json.loads(zipfile.ZipFile(io.BytesIO(sio.dumps(1))).read("schema.json"))["protocol"]
+
+
+def _int_node(value, obj_id):
+    return _node("int", "builtins", "JsonNode", content=str(value), is_json=True, __id__=obj_id)
+
+
+def _zip(schema, members=()):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("schema.json", json.dumps({**schema, "protocol": PROTOCOL}))
+        for name, content in members:
+            z.writestr(name, content)
+    return buffer.getvalue()
+
+
+def _doubling_schema(depth):
+    """Lists nested `depth` deep, each holding the previous level in full and
+    as a back-reference ``{"__id__": ...}``: a few hundred bytes per level,
+    and twice the audit's work per level."""
+    state = _int_node(1, 1)
+    for level in range(1, depth + 1):
+        state = _node("list", "builtins", "ListNode", __id__=level + 1,
+                      content=[state, {"__id__": level}])
+    return state
+
+
+def _schema(data):
+    return json.loads(zipfile.ZipFile(io.BytesIO(data)).read("schema.json"))
+
+
+def _repack(data, schema=None, replace=None, deflate=()):
+    """The skops file `data` with its schema and some members replaced."""
+    replace = replace or {}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(buffer, "w") as dst:
+        for info in src.infolist():
+            content = replace.get(info.filename, src.read(info.filename))
+            if info.filename == "schema.json" and schema is not None:
+                content = json.dumps(schema)
+            method = zipfile.ZIP_DEFLATED if info.filename in deflate else zipfile.ZIP_STORED
+            dst.writestr(info.filename, content, compress_type=method)
+    return buffer.getvalue()
+
+
+def _states(value, cls):
+    """Every JSON object of the schema describing an object of class `cls`."""
+    stack, found = [value], []
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if value.get("__class__") == cls:
+                found.append(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
+
+
+def _attributes(schema, cls, index=0):
+    """The attribute dict (DictNode content) of the `index`-th `cls` object."""
+    return sorted(_states(schema, cls), key=lambda s: s["__id__"])[index]["content"]["content"]
+
+
+def _tuple_node(values, first_id):
+    return _node("tuple", "builtins", "TupleNode", __id__=first_id,
+                 content=[_int_node(v, first_id + 1 + i) for i, v in enumerate(values)])
+
+
+FRESH_ID = 10**6  # far from the ids skops writes (memory addresses)
+
+
+def _npy(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mlp_file(digits):
+    """A fitted MLP with dropout, as save_model writes it, and its input rows."""
+    X, y = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = NumpyMLPClassifier((16,), max_iter=3, dropout=0.2, random_state=0)
+        clf.fit(X[:300], y[:300])
+    return sio.dumps(clf), X[:20], clf.predict_proba(X[:20])
+
+
+def _write(tmp_path, data, name="model.skops"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _refused(path, *keywords):
+    """load_model(path) raises a ValueError naming the file and `keywords`."""
+    with pytest.raises(ValueError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert str(path) in message
+    reason = message.replace(str(path), "")  # the test's folder is named after the test
+    for keyword in keywords:
+        assert keyword in reason, message
+    return message
+
+
+def _count_calls(monkeypatch, module, name, calls):
+    """Record in `calls` each call of ``module.name``, which still runs."""
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+
+
+@pytest.fixture
+def no_skops_scan(monkeypatch):
+    """Fail the test if skops builds or audits the tree at all."""
+    def scan(*args, **kwargs):
+        raise AssertionError("skops read the schema: the bounds were not checked first")
+    monkeypatch.setattr(sio, "loads", scan)
+    monkeypatch.setattr(sio, "get_untrusted_types", scan)
+
+
+# ------------------------------------------------- 2. allowed types, absurd sizes
+def _lie_input_shape(schema, n):
+    _attributes(schema, "Network")["input_shape"] = _tuple_node((n,), FRESH_ID)
+
+
+def _lie_hidden_units(schema, n):
+    _attributes(schema, "Dense", 0)["units"] = _int_node(n, FRESH_ID)  # a Dropout follows it
+
+
+def _lie_layout_size(schema, n):
+    layout = _attributes(schema, "Network")["_layout"]["content"]
+    first = layout[0]["content"]
+    first[4] = _int_node(n, FRESH_ID)  # size of the first block
+
+
+@pytest.mark.parametrize("lie", [_lie_input_shape, _lie_hidden_units, _lie_layout_size])
+def test_absurd_sizes_are_refused_before_allocating(tmp_path, mlp_file, lie):
+    """Ten million inputs would make 160 MB of dropout salts; the sizes are
+    checked against the 1-D parameter array first, allocating nothing."""
+    data, _, _ = mlp_file
+    schema = _schema(data)
+    lie(schema, 10_000_000)
+    path = _write(tmp_path, _repack(data, schema))
+    tracemalloc.start()
+    try:
+        _refused(path, "saved network")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, f"{peak:,} bytes allocated while refusing"
+
+
+def test_pooling_that_discards_a_huge_input_is_refused(tmp_path, digits):
+    """A CNN whose pool window and stride grow with a lying input shape keeps
+    every array's shape consistent; the salt budget per parameter refuses it."""
+    X, y = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cnn = NumpyCNNClassifier(conv_filters=(2,), hidden_layer_sizes=(8,), conv_dropout=0.2,
+                                 max_iter=2, random_state=0).fit(X[:200], y[:200])
+    data = sio.dumps(cnn)
+    schema = _schema(data)
+    k = 200  # 8x8 -> 1600x1600 pixels, pooled 400x400: still 4x4 windows
+    _attributes(schema, "Network")["input_shape"] = _tuple_node((8 * k, 8 * k, 1), FRESH_ID)
+    pool = _attributes(schema, "MaxPool2D")
+    pool["pool_size"] = _tuple_node((2 * k, 2 * k), FRESH_ID + 10)
+    pool["stride"] = _tuple_node((2 * k, 2 * k), FRESH_ID + 20)
+    _refused(_write(tmp_path, _repack(data, schema)), "saved network", "values per sample")
