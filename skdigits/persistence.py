@@ -90,21 +90,27 @@ def save_model(estimator, path):
     Raises
     ------
     ValueError
-        If the estimator holds a type that :func:`load_model` would refuse
-        (nothing is written then).
+        If `path` is empty, or the estimator holds a type that
+        :func:`load_model` would refuse; nothing is written then.
+    IsADirectoryError, FileNotFoundError, NotADirectoryError
+        If `path` is a folder or its folder does not exist, before anything
+        is serialised.
+    OSError
+        If writing fails; the error names `path`, which is left as it was.
     """
     import skops.io as sio
 
-    from .data import atomic_write
+    from .data._atomic import atomic_write, check_target
 
+    target = check_target(path)
     data = sio.dumps(estimator)
     unknown = sorted(set(sio.get_untrusted_types(data=data)) - set(trusted_types()))
     if unknown:
         raise ValueError(
-            f"cannot save a model holding type(s) that load_model would refuse: "
-            f"{', '.join(unknown)}"
+            f"cannot save {target}: the model holds type(s) that load_model would "
+            f"refuse: {', '.join(unknown)}"
         )
-    with atomic_write(path, "wb") as f:
+    with atomic_write(target, "wb") as f:
         f.write(data)
     return Path(path)
 

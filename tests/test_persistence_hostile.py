@@ -215,3 +215,115 @@ def test_pooling_that_discards_a_huge_input_is_refused(tmp_path, digits):
     pool["pool_size"] = _tuple_node((2 * k, 2 * k), FRESH_ID + 10)
     pool["stride"] = _tuple_node((2 * k, 2 * k), FRESH_ID + 20)
     _refused(_write(tmp_path, _repack(data, schema)), "saved network", "values per sample")
+
+
+# ------------------------------------------------------------ 8. safe saves
+def _temp_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def _age(path, seconds=3600):
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+_KILLED_WRITER = """
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("_atomic", sys.argv[1])
+atomic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(atomic)
+with atomic.atomic_write(sys.argv[2], "wb") as f:
+    f.write(b"half a model")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@posix_only
+def test_a_killed_writers_temp_file_goes_at_the_next_save(tmp_path, mlp_file):
+    target = tmp_path / "model.skops"
+    target.write_bytes(b"the old model")
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, atomic.__file__, str(target)],
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    (leftover,) = _temp_files(tmp_path)
+    assert target.read_bytes() == b"the old model"
+    _age(tmp_path / leftover)
+    model = sio.loads(mlp_file[0], trusted=persistence.trusted_types())
+    save_model(model, target)
+    assert _temp_files(tmp_path) == []
+    assert load_model(target).predict(mlp_file[1]).shape == (20,)
+
+
+@posix_only
+def test_only_stale_temp_files_of_ours_are_removed(tmp_path):
+    target = tmp_path / "out.csv"
+    ours = ".out.csv.0123456789ab.tmp"
+    kept = [".out.csv.0123456789ab.tmp.bak", ".out.csv.0123456789.tmp",
+            ".out.csv.0123456789abc.tmp", ".out.csv.0123456789AB.tmp", ".other.0123456789ab.tmp",
+            "out.csv.0123456789ab.tmp", ".out.csv.fedcba987654.tmp"]
+    for name in [ours] + kept:
+        (tmp_path / name).write_bytes(b"x")
+        if name != ".out.csv.fedcba987654.tmp":  # that one is recent: maybe a writer's
+            _age(tmp_path / name)
+    (tmp_path / ".out.csv.aaaaaaaaaaaa.tmp").mkdir()
+    os.symlink(tmp_path / "out.csv.0123456789ab.tmp", tmp_path / ".out.csv.bbbbbbbbbbbb.tmp")
+    with atomic_write(target) as f:
+        f.write("new")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert ours not in left
+    assert set(kept) | {".out.csv.aaaaaaaaaaaa.tmp", ".out.csv.bbbbbbbbbbbb.tmp"} <= set(left)
+
+
+@posix_only
+def test_a_concurrent_save_keeps_the_other_writers_temp_file(tmp_path):
+    """Two saves of one target: the second one's clean-up sees the first
+    one's temporary file (even old) locked, and leaves it."""
+    target = tmp_path / "model.skops"
+    with atomic_write(target, "wb") as first:
+        first.write(b"first")
+        (theirs,) = _temp_files(tmp_path)
+        _age(tmp_path / theirs)
+        with atomic_write(target, "wb") as second:
+            second.write(b"second")
+        assert target.read_bytes() == b"second"
+        assert _temp_files(tmp_path) == [theirs]
+    assert target.read_bytes() == b"first"
+    assert _temp_files(tmp_path) == []
+
+
+def test_a_failed_save_names_the_target_and_fails_before_serialising(tmp_path, monkeypatch,
+                                                                     mlp_file):
+    model = sio.loads(mlp_file[0], trusted=persistence.trusted_types())
+    serialised = []
+    _count_calls(monkeypatch, sio, "dumps", serialised)
+    target = tmp_path / "missing" / "model.skops"
+    with pytest.raises(FileNotFoundError) as info:
+        save_model(model, target)
+    assert info.value.filename == str(target) and ".tmp" not in str(info.value)
+    with pytest.raises(ValueError, match="empty path"):
+        save_model(model, "")
+    with pytest.raises(IsADirectoryError) as info:
+        save_model(model, tmp_path)
+    assert info.value.filename == str(tmp_path)
+    with pytest.raises(IsADirectoryError):
+        save_model(model, f"{tmp_path / 'new'}{os.sep}")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        save_model(model, tmp_path / "file" / "model.skops")
+    assert serialised == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_write_error_names_the_target(tmp_path, monkeypatch):
+    target = tmp_path / "model.skops"
+    target.write_bytes(b"old")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError) as info, atomic_write(target, "wb") as f:
+        f.write(b"new")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert target.read_bytes() == b"old" and _temp_files(tmp_path) == []
