@@ -167,6 +167,57 @@ def no_skops_scan(monkeypatch):
     monkeypatch.setattr(sio, "get_untrusted_types", scan)
 
 
+# ------------------------------------------- 1. exponential back-references
+def test_doubling_back_references_are_refused_before_any_scan(tmp_path, no_skops_scan):
+    """Depth 26: 2**27 node visits per audit, about eight minutes each before
+    this check (and load_model audited twice); refused from the schema alone."""
+    path = _write(tmp_path, _zip(_doubling_schema(26)))
+    assert path.stat().st_size < 5_000
+    _refused(path, "refusing to load", f"{persistence.MAX_SCHEMA_NODES:,} node visits")
+
+
+def test_the_cli_refuses_it_too(tmp_path, capsys, no_skops_scan):
+    model = _write(tmp_path, _zip(_doubling_schema(26)))
+    data = write_kaggle_csv(tmp_path / "train.csv", np.zeros((2, 784)), [0, 1])
+    assert cli.main(["evaluate", str(data), "-m", str(model)]) == 1
+    err = capsys.readouterr().err
+    assert str(model) in err and "node visits" in err and "Traceback" not in err
+
+
+def test_shared_references_within_the_bound_still_load(tmp_path):
+    """Back-references are legitimate (skops writes shared objects twice);
+    only their expanded cost is bounded."""
+    loaded = load_model(_write(tmp_path, _zip(_doubling_schema(8))))
+    depth = 0
+    while isinstance(loaded, list):
+        assert loaded[0] == loaded[1]
+        loaded, depth = loaded[0], depth + 1
+    assert (depth, loaded) == (8, 1)
+
+
+def test_a_reference_cycle_is_refused(tmp_path, no_skops_scan):
+    cycle = _node("list", "builtins", "ListNode", __id__=5,
+                  content=[_int_node(1, 6), {"__id__": 5}])
+    _refused(_write(tmp_path, _zip(cycle)), "cycle")
+
+
+def test_nesting_beyond_the_depth_bound_is_refused(tmp_path, no_skops_scan):
+    state = _int_node(1, 1)
+    for _ in range(persistence.MAX_SCHEMA_DEPTH // 2 + 1):
+        state = _node("list", "builtins", "ListNode", content=[state])
+    _refused(_write(tmp_path, _zip(state)), f"deeper than {persistence.MAX_SCHEMA_DEPTH}")
+
+
+def test_a_legitimate_load_audits_once(tmp_path, monkeypatch, mlp_file):
+    data, X, proba = mlp_file
+    calls = []
+    for name in ("loads", "get_untrusted_types"):
+        _count_calls(monkeypatch, sio, name, calls)
+    model = load_model(_write(tmp_path, data))
+    assert calls == ["loads"]
+    assert_array_equal(model.predict_proba(X), proba)
+
+
 # ------------------------------------------------- 2. allowed types, absurd sizes
 def _lie_input_shape(schema, n):
     _attributes(schema, "Network")["input_shape"] = _tuple_node((n,), FRESH_ID)
@@ -215,6 +266,102 @@ def test_pooling_that_discards_a_huge_input_is_refused(tmp_path, digits):
     pool["pool_size"] = _tuple_node((2 * k, 2 * k), FRESH_ID + 10)
     pool["stride"] = _tuple_node((2 * k, 2 * k), FRESH_ID + 20)
     _refused(_write(tmp_path, _repack(data, schema)), "saved network", "values per sample")
+
+
+# ---------------------------------------------------------- 3. zip bombs
+def _params_member(data):
+    return _attributes(_schema(data), "Network")["params"]["file"]
+
+
+def test_a_member_inflating_far_beyond_its_size_is_refused(tmp_path, mlp_file):
+    """16 MiB of zeros deflate ~1000:1 (the issue's 1.9 GB in 1.85 MB, scaled
+    down): refused from the zip directory, nothing inflated."""
+    data, _, _ = mlp_file
+    member = _params_member(data)
+    bomb = _repack(data, replace={member: _npy(np.zeros(4 * 2**20, dtype=np.float32))},
+                   deflate={member})
+    path = _write(tmp_path, bomb)
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        _refused(path, "zip bomb", f"limit {persistence.MAX_COMPRESSION_RATIO}:1", member)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"{peak:,} bytes allocated while refusing"
+
+
+def test_a_member_longer_than_its_npy_header_states_is_refused(tmp_path, mlp_file):
+    data, _, _ = mlp_file
+    member = _params_member(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        padded = z.read(member) + bytes(2**20)
+    _refused(_write(tmp_path, _repack(data, replace={member: padded})),
+             member, "header states", "float")
+
+
+def test_a_member_read_by_several_objects_is_refused(tmp_path, mlp_file):
+    """Each NdArrayNode naming a member inflates it again: the same 1 MB
+    member named a thousand times would cost a gigabyte."""
+    data, _, _ = mlp_file
+    schema = _schema(data)
+    member = _attributes(schema, "Network")["params"]["file"]
+    moment = _attributes(schema, "Adam")["m"]
+    moment["file"], moment["__id__"] = member, FRESH_ID
+    _refused(_write(tmp_path, _repack(data, schema)), member, "several objects")
+
+
+def test_a_second_schema_inflating_beyond_the_cap_is_refused(tmp_path, mlp_file):
+    """zipfile reads the last of two members with one name: a small first
+    schema.json must not vouch for a 32 MB second one."""
+    data, _, _ = mlp_file
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        schema = z.read("schema.json")
+    buffer = io.BytesIO(data)
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(buffer, "a") as z:
+        z.writestr(zipfile.ZipInfo("schema.json"), b" " * (32 << 20) + schema,
+                   compress_type=zipfile.ZIP_DEFLATED)
+    path = _write(tmp_path, buffer.getvalue())
+    assert path.stat().st_size < 200_000
+    _refused(path, "schema.json would inflate to", f"limit {persistence.MAX_SCHEMA_BYTES:,}")
+
+
+def test_deflated_model_files_still_load(tmp_path, mlp_file):
+    data, X, proba = mlp_file
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        names = {info.filename for info in z.infolist()}
+    model = load_model(_write(tmp_path, _repack(data, deflate=names)))
+    assert_array_equal(model.predict_proba(X), proba)
+
+
+# ------------------------------------------ 4. pickles skops does not recognise
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_old_protocol_pickles_are_named_as_pickles(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    path = _write(tmp_path, pickle.dumps(SideEffect(marker), protocol=protocol))
+    _refused(path, "looks like a pickle or joblib file")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("method", ["zlib", "gzip", "bz2", "lzma", "xz"])
+def test_compressed_joblib_files_are_named_as_such(tmp_path, method):
+    joblib = pytest.importorskip("joblib")
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.joblib"
+    joblib.dump({"model": SideEffect(marker), "weights": np.arange(5000.0)}, path,
+                compress=(method, 3))
+    _refused(path, f"looks like a pickle or joblib file ({method}-compressed)")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"label,pixel0\n1,0\n", "not a skops model file (a skops file is a zip archive)"),
+    (b"N", "not a skops model file (a skops file"),  # an opcode, but no pickle
+    (b"lab" * 30_000, "not a skops model file (a skops file"),  # opcodes, then not
+    (__import__("gzip").compress(b"label,pixel0\n1,0\n"), "gzip-compressed data"),
+], ids=["csv", "one-opcode", "opcodes-without-a-stack", "gzipped-csv"])
+def test_other_files_are_not_called_pickles(tmp_path, content, message):
+    _refused(_write(tmp_path, content), message)
 
 
 # ------------------------------------------------------------ 8. safe saves
@@ -327,3 +474,11 @@ def test_a_write_error_names_the_target(tmp_path, monkeypatch):
         f.write(b"new")
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert target.read_bytes() == b"old" and _temp_files(tmp_path) == []
+
+
+def test_save_refuses_a_file_load_would_refuse(tmp_path, monkeypatch, mlp_file):
+    model = sio.loads(mlp_file[0], trusted=persistence.trusted_types())
+    monkeypatch.setattr(persistence, "MAX_SCHEMA_NODES", 50)
+    with pytest.raises(ValueError, match="load_model would refuse the file .*node visits"):
+        save_model(model, tmp_path / "model.skops")
+    assert list(tmp_path.iterdir()) == []
