@@ -8,6 +8,7 @@ and a snapshot of the model (early stopping, interrupted fits) is one copy.
 """
 
 import copy
+import math
 
 import numpy as np
 
@@ -119,10 +120,14 @@ class Network:
         # Views do not survive pickling (each would come back as its own
         # copy), so layers are re-built and re-bound to the restored buffers.
         self.__dict__.update(state)
+        if "_layout" in state:
+            # Sizes come from a file: check them against the parameter buffer
+            # before dropout allocates a salt per unit they claim.
+            _check_restored_sizes(self)
         if "params" in state:
             self.grads = np.zeros_like(self.params)
         if "_layout" in state:
-            self._build_layers(self.input_shape)
+            self.output_shape = self._build_layers(self.input_shape)
             self._bind()
             self._prepare_row_keys()
 
@@ -264,6 +269,58 @@ class Network:
     def log_probabilities(self, logits):
         """Log of :meth:`probabilities`, from the logits directly (never log(0))."""
         return LOG_OUTPUT_ACTIVATIONS[self.output](np.asarray(logits, dtype=np.float64))
+
+
+#: Per-sample values a restored network may salt for dropout (its input and
+#: each dropout layer's), per parameter, plus a floor for tiny networks.  The
+#: parameter buffer pins every layer size but what pooling and strides
+#: discard, which no array records; 64 allows three 2x2 poolings.
+_RESTORED_SALTS_PER_PARAM = 64
+_RESTORED_SALTS_FLOOR = 2**20
+
+
+def _check_restored_sizes(network):
+    """Raise ValueError unless a restored network's layout, input shape and
+    layer sizes agree with its parameter buffer; allocates nothing."""
+    params, dtype = network.params, network.dtype
+    if not (isinstance(params, np.ndarray) and params.ndim == 1 and params.dtype == dtype
+            and dtype in (np.float32, np.float64)):
+        raise ValueError("saved network: params is not a 1-D float32/float64 array of its dtype")
+    expected, offset = {}, 0
+    for i, name, pshape, start, size in network._layout:
+        if not (_positive_ints(pshape) and start == offset and size == math.prod(pshape)):
+            raise ValueError(f"saved network: layout entry {(i, name, pshape, start, size)} "
+                             "does not tile the parameter buffer")
+        expected[i, name] = tuple(pshape)
+        offset += size
+    if offset != params.size or not 0 <= network.n_penalized <= params.size:
+        raise ValueError(f"saved network: its layout covers {offset} parameters, its "
+                         f"parameter buffer holds {params.size}")
+    if not _positive_ints(network.input_shape):
+        raise ValueError(f"saved network: bad input_shape {network.input_shape!r}")
+    salted = math.prod(network.input_shape)
+    shape = tuple(network.input_shape)
+    for i, layer in enumerate(network.layers):
+        if isinstance(layer, Dropout):  # its build allocates salts: sized below
+            salted += math.prod(shape)
+        else:
+            shape = layer.build(shape, dtype)
+        for name, pshape, _ in layer.param_specs():
+            if expected.pop((i, name), None) != tuple(pshape):
+                raise ValueError(f"saved network: layer {i} ({type(layer).__name__}) needs "
+                                 f"{name} of shape {tuple(pshape)} for input_shape "
+                                 f"{tuple(network.input_shape)}, its layout says otherwise")
+    if expected or not network.layers or not network.layers[-1].param_specs():
+        raise ValueError("saved network: its layers do not match its layout")
+    if salted > _RESTORED_SALTS_FLOOR + _RESTORED_SALTS_PER_PARAM * params.size:
+        raise ValueError(f"saved network: input_shape {tuple(network.input_shape)} and its "
+                         f"layers claim {salted:,} values per sample for {params.size:,} "
+                         "parameters")
+
+
+def _positive_ints(shape):
+    return isinstance(shape, tuple) and all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape)
 
 
 def _non_finite_input_error(part, start, dtype):
