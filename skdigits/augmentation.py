@@ -345,8 +345,8 @@ def make_augmentation(spec, *, image_shape=None):
         ``None``: no augmentation.  ``"affine"``: rotation up to ±10°, slant
         up to ±10°, size 0.9-1.1, shift up to a tenth of the side.
         ``"elastic"``: Simard et al.'s elastic distortion (σ = 5, α = 36 on
-        28 x 28, after Cireşan et al.) with half those affine ranges.  See :data:`PRESETS`.  An
-        ``Augmentation`` is checked and returned as it is.
+        28 x 28, after Cireşan et al.) with half those affine ranges.  See
+        :data:`PRESETS`.  An ``Augmentation`` is checked and returned as it is.
     image_shape : tuple, optional
         ``(height, width[, channels])`` of the images, for the presets only:
         the elastic settings are in pixels for 28 x 28 digits and are
@@ -449,6 +449,9 @@ def elastic_displacement(n, image_shape, alpha, sigma, rng, dtype=np.float32):
         Row (down) and column (right) displacements in pixels:
         ``alpha * gaussian_filter(uniform(-1, 1))``.
     """
+    if not (np.isfinite(alpha) and alpha >= 0 and np.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"elastic alpha must be >= 0 and sigma > 0 (finite), got "
+                         f"alpha={alpha!r}, sigma={sigma!r}.")
     height, width = image_shape
     field = rng.random((2, n, height, width), dtype=dtype)
     field *= 2
@@ -531,23 +534,32 @@ def _grid(n, image_shape, angle, shear, scale, shift, displacement, dtype, origi
     return grid
 
 
+_MIN_SCALE = 1e-6
+_MAX_PIXELS = 1e6
+
+
 def _check_distortions(n, image_shape, angle, shear, scale, shift, displacement):
     angle = _per_image(angle, n, "angle")
     shear = _per_image(shear, n, "shear")
     if np.any(np.abs(shear) >= 90):
         raise ValueError(f"shear must be between -90 and 90 degrees, got "
                          f"{shear[np.abs(shear) >= 90][0]}.")
+    # Bounds that keep every sampling position finite, even in float32.
     scale = _per_image(scale, n, "scale")
-    if np.any(scale <= 0):
-        raise ValueError(f"scale must be positive, got {scale[scale <= 0][0]}.")
+    if np.any(scale < _MIN_SCALE):
+        raise ValueError(f"scale must be at least {_MIN_SCALE}, got "
+                         f"{scale[scale < _MIN_SCALE][0]}.")
     shift = _per_image(shift, n, "shift", (2,))
+    if np.any(np.abs(shift) > _MAX_PIXELS):
+        raise ValueError(f"shift must be within +-{_MAX_PIXELS:g} pixels.")
     if displacement is not None:
         displacement = np.asarray(displacement)
         if displacement.shape != (2, n, *image_shape):
             raise ValueError(f"displacement must have shape (2, n, height, width) = "
                              f"{(2, n, *image_shape)}, got {displacement.shape}.")
-        if not np.all(np.isfinite(displacement)):
-            raise ValueError("displacement contains NaN or infinity.")
+        if not np.all(np.abs(displacement) <= _MAX_PIXELS):  # also NaN
+            raise ValueError(f"displacement must be finite and within +-{_MAX_PIXELS:g} "
+                             "pixels.")
     return angle, shear, scale, shift, displacement
 
 

@@ -437,12 +437,21 @@ def test_invalid_warp_arguments(blobs):
         warp_images(blobs, angle=np.zeros(5))
     with pytest.raises(ValueError, match="shear must be between -90 and 90"):
         warp_images(blobs, shear=90)
-    with pytest.raises(ValueError, match="scale must be positive"):
+    with pytest.raises(ValueError, match="scale must be at least 1e-06, got 0.0"):
         warp_images(blobs, scale=0)
     with pytest.raises(ValueError, match="finite"):
         warp_images(blobs, shift=np.inf)
+    with pytest.raises(ValueError, match="shift must be within"):
+        warp_images(blobs, shift=1e300)
     with pytest.raises(ValueError, match="displacement must have shape"):
         warp_images(blobs, displacement=np.zeros((2, 12, 20, 16)))
+    with pytest.raises(ValueError, match="displacement must be finite"):
+        warp_images(blobs, displacement=np.full((2, 12, 16, 20), np.nan))
+    with pytest.raises(ValueError, match="sigma > 0"):
+        elastic_displacement(3, (8, 8), 10.0, 0.0, np.random.default_rng(0))
+    # Extreme but accepted: everything is sampled from far outside, i.e. fill.
+    far = warp_images(blobs.astype(np.float32), scale=1e-6, shift=1e6, fill=0.5)
+    assert np.all(far == 0.5)
     with pytest.raises(ValueError, match="fill"):
         warp_images(blobs, fill="median")
 
