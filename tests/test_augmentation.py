@@ -88,7 +88,8 @@ def test_bilinear_gather_matches_naive_loop_including_outside(blobs):
     cols = rng.uniform(-3, 23, (3, 16, 20))
     rows[:, 0, :5] = np.arange(5)
     grid = np.stack([rows, cols])
-    out = aug._bilinear(images, grid + aug._PAD_BEFORE, np.full((1, 1, 1), 0.5), np.float64)
+    out = aug._bilinear(images, grid + aug._PAD_BEFORE, np.full((1, 1, 1), 0.5), np.float64,
+                        np.empty(images.shape), aug._Scratch())
     for i in range(3):
         assert_allclose(out[i], _naive_bilinear(images[i], rows[i], cols[i], 0.5), atol=1e-12)
 
@@ -276,6 +277,31 @@ def test_threads_with_their_own_generators_match_serial_runs(blobs):
         t.join()
     for k in range(len(batches)):
         assert_array_equal(results[k], serial[k])
+
+
+def test_reused_work_arrays_never_leak_into_results(blobs):
+    settings = make_augmentation("elastic")
+    images = blobs.astype(np.float32)
+
+    def in_new_thread(fn):  # a thread starts with no work arrays
+        box = []
+        worker = threading.Thread(target=lambda: box.append(fn()))
+        worker.start()
+        worker.join()
+        return box[0]
+
+    first = settings.transform_batch(images, np.random.default_rng(21))
+    kept = first.copy()
+    draw = settings.draw(5, images.shape[1:], np.random.default_rng(22))
+    kept_field = draw["displacement"].copy()
+    small = settings.transform_batch(images[:5], np.random.default_rng(22))  # smaller batch
+    colour = settings.transform_batch(np.stack([images] * 2, -1), np.random.default_rng(23))
+    assert_array_equal(first, kept)  # results are never work arrays
+    assert_array_equal(draw["displacement"], kept_field)
+    assert_array_equal(small, in_new_thread(
+        lambda: settings.transform_batch(images[:5], np.random.default_rng(22))))
+    assert_array_equal(colour, in_new_thread(
+        lambda: settings.transform_batch(np.stack([images] * 2, -1), np.random.default_rng(23))))
 
 
 # ----------------------------------------------------------------- shapes, dtypes, out
