@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "plot_augmentation",
     "plot_comparison",
     "plot_confusion_matrix",
     "plot_learning_curves",
@@ -302,3 +303,99 @@ def plot_comparison(rows, path=None):
         save_figure(fig, path)
     return fig
 
+
+
+# ---------------------------------------------------------------- augmentation
+def _as_picture_stack(images):
+    """(n, h, w) grey or (n, h, w, 3 | 4) colour images from rows or stacks."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    if images.ndim == 4:
+        if images.shape[3] not in (3, 4):
+            raise ValueError(f"images with {images.shape[3]} channels cannot be shown; "
+                             "pass 1 (grey), 3 (RGB) or 4 (RGBA) channels")
+        return images
+    return _as_images(images)
+
+
+def plot_augmentation(images, augmentation="affine", *, n_copies=5, n_images=6,
+                      random_state=0, fig=None):
+    """Originals beside randomly distorted copies, to tune an augmentation by eye.
+
+    One row per image: the original on the left (titled "original"), then
+    `n_copies` distortions of it.  All pictures of a row share one grey scale,
+    so fading or thickened strokes show as such.
+
+    Parameters
+    ----------
+    images : array of shape (n, height * width), (n, height, width) or (n, height, width, channels)
+        Floating-point digits, ink high (e.g. MNIST / 255); channels last
+        (1, 3 or 4).
+    augmentation : "affine", "elastic" or Augmentation, default="affine"
+        What :func:`skdigits.augmentation.make_augmentation` accepts, except
+        None; presets are sized for these images.
+    n_copies : int, default=5
+        Distorted copies per image (1 to 20).
+    n_images : int, default=6
+        Show the first `n_images` images (1 to 50).
+    random_state : int, numpy.random.Generator or None, default=0
+        Seed of the distortions: the same value draws the same picture.
+    fig : matplotlib Figure, optional
+        Figure to draw on (cleared and resized to fit the grid); a new pyplot
+        figure by default.
+
+    Returns
+    -------
+    fig : matplotlib Figure
+    """
+    from .augmentation import _as_generator, make_augmentation
+
+    pictures = _as_picture_stack(images)
+    for name, value, high in (("n_copies", n_copies, 20), ("n_images", n_images, 50)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not 1 <= value <= high:
+            raise ValueError(f"{name} must be an integer from 1 to {high}, got {value!r}")
+    if augmentation is None:
+        raise ValueError("augmentation is None: nothing to show; pass 'affine', "
+                         "'elastic' or an Augmentation")
+    if len(pictures) == 0:
+        raise ValueError("no images to show")
+    settings = make_augmentation(augmentation, image_shape=pictures.shape[1:3]).frozen()
+    rng = _as_generator(random_state)
+    originals = pictures[:n_images]
+    if not np.issubdtype(originals.dtype, np.floating):
+        originals = originals.astype(np.float32)
+    # All copies of all images in one batch: image i's copies are rows
+    # i * n_copies ... (i + 1) * n_copies - 1.
+    batch = np.repeat(originals, n_copies, axis=0)
+    copies = settings.transform_batch(batch, rng).reshape(
+        len(originals), n_copies, *originals.shape[1:])
+
+    rows, cols = len(originals), 1 + n_copies
+    size = (1.3 * cols + 0.4, 1.35 * rows + 0.8)
+    fig = _new_figure(fig, figsize=size)
+    fig.clear()
+    fig.set_size_inches(*size)
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for i, (original, distorted) in enumerate(zip(originals, copies)):
+        low = min(float(original.min()), float(distorted.min()))
+        high = max(float(original.max()), float(distorted.max()))
+        for j, picture in enumerate([original, *distorted]):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if picture.ndim == 3:  # colour: imshow wants [0, 1]
+                ax.imshow(np.clip(picture, 0, 1), interpolation="nearest")
+            else:
+                ax.imshow(picture, cmap="gray_r", vmin=low, vmax=high if high > low else low + 1,
+                          interpolation="nearest")
+            if i == 0:
+                ax.set_title("original" if j == 0 else f"copy {j}", fontsize=8)
+        for spine in axes[i, 0].spines.values():
+            spine.set_color("C0")
+            spine.set_linewidth(2)
+    name = augmentation if isinstance(augmentation, str) else type(augmentation).__name__
+    fig.suptitle(f"Augmentation: {name} ({n_copies} random copies per digit)", fontsize=11)
+    fig.tight_layout()
+    return fig

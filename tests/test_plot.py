@@ -139,3 +139,60 @@ def test_missing_matplotlib_gives_install_hint(monkeypatch):
         skplot.plot_comparison([("a", [1.0], [1.0])], None)
     with pytest.raises(ImportError, match=r"pip install skdigits\[plot\]"):
         skplot.plot_confusion_matrix([1], [1])
+    with pytest.raises(ImportError, match=r"pip install skdigits\[plot\]"):
+        skplot.plot_augmentation(np.zeros((1, 8, 8)))
+
+
+# ----------------------------------------------------------------- augmentation
+def test_plot_augmentation_grid_of_originals_and_copies(digits):
+    X, _ = digits
+    fig = skplot.plot_augmentation(X[:10], "affine", n_copies=4, n_images=3, random_state=0)
+    assert len(fig.axes) == 3 * (1 + 4)
+    titles = [ax.get_title() for ax in fig.axes[:5]]
+    assert titles == ["original", "copy 1", "copy 2", "copy 3", "copy 4"]
+    first_row = [ax.get_images()[0].get_array() for ax in fig.axes[:5]]
+    assert_array_equal(first_row[0], X[0].reshape(8, 8))  # the original, as given
+    assert all(not np.array_equal(copy, first_row[0]) for copy in first_row[1:])
+    again = skplot.plot_augmentation(X[:10], "affine", n_copies=4, n_images=3, random_state=0)
+    assert_array_equal(again.axes[7].get_images()[0].get_array(),
+                       fig.axes[7].get_images()[0].get_array())
+    assert "affine" in fig._suptitle.get_text()
+
+
+def test_plot_augmentation_on_given_figure_with_colour_and_instance():
+    from skdigits.augmentation import Augmentation
+
+    rng = np.random.default_rng(0)
+    colour = rng.random((2, 12, 12, 3))
+    fig = Figure()
+    out = skplot.plot_augmentation(colour, Augmentation(elastic_alpha=5), n_copies=2, fig=fig)
+    assert out is fig and len(fig.axes) == 2 * 3
+    assert fig.axes[0].get_images()[0].get_array().shape == (12, 12, 3)
+    assert "Augmentation" in fig._suptitle.get_text()
+
+
+def test_plot_augmentation_bad_input(digits):
+    X, _ = digits
+    with pytest.raises(ValueError, match="n_copies must be an integer from 1 to 20"):
+        skplot.plot_augmentation(X[:3], n_copies=0)
+    with pytest.raises(ValueError, match="n_images"):
+        skplot.plot_augmentation(X[:3], n_images=2.5)
+    with pytest.raises(ValueError, match="augmentation is None"):
+        skplot.plot_augmentation(X[:3], None)
+    with pytest.raises(ValueError, match="got 'wobbly'"):
+        skplot.plot_augmentation(X[:3], "wobbly")
+    with pytest.raises(ValueError, match="not square"):
+        skplot.plot_augmentation(np.zeros((3, 10)))
+    with pytest.raises(ValueError, match="2 channels"):
+        skplot.plot_augmentation(np.zeros((3, 8, 8, 2)))
+    with pytest.raises(ValueError, match="no images"):
+        skplot.plot_augmentation(np.zeros((0, 64)))
+
+
+def test_plot_augmentation_of_real_mnist_digits(mnist_path, tmp_path):
+    with np.load(mnist_path) as data:
+        images = data["X_test"][:6] / 255
+    fig = skplot.plot_augmentation(images, "elastic", n_copies=5)
+    path = skplot.save_figure(fig, tmp_path / "augmentation.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert len(fig.axes) == 6 * 6
