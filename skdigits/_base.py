@@ -9,6 +9,7 @@ network to build.
 """
 
 import copy
+import math
 import warnings
 from abc import abstractmethod
 from numbers import Integral, Real
@@ -21,6 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .augmentation import Augmentation, make_augmentation
 from ._sklearn_callbacks import CallbackSupportMixin, EpochTasks, fit_task_metadata
 from .concurrency import predict_in_chunks, single_blas_thread
 from .nn import SGD, Activation, Adam, BatchNorm, Dropout
@@ -41,7 +43,7 @@ FLOAT32_MIN_EPOCH_MULTIPLY_ADDS = 10**8
 #: initialisation, so changing it with ``warm_start=True`` is refused — a
 #: parameter added later is refused by default rather than silently ignored.
 TRAINING_PARAMETERS = frozenset({
-    "alpha", "batch_size", "beta_1", "beta_2", "class_weight", "early_stopping",
+    "alpha", "augment", "batch_size", "beta_1", "beta_2", "class_weight", "early_stopping",
     "epsilon", "learning_rate", "learning_rate_init", "lr_schedule", "max_fun",
     "max_iter", "momentum", "n_iter_no_change", "nesterovs_momentum", "power_t",
     "random_state", "shuffle", "solver", "tol", "validation_fraction", "verbose",
@@ -65,6 +67,35 @@ def activated(make_layer, activation, batch_norm):
     if not batch_norm:
         return [make_layer(activation=activation)]
     return [make_layer(activation="identity"), BatchNorm(), Activation(activation)]
+
+
+def infer_image_shape(n_features, image_shape="auto"):
+    """Per-sample (h, w, channels) for rows of ``n_features`` pixels.
+
+    'auto': a square single-channel image when ``n_features`` is a perfect
+    square (784 -> 28x28), otherwise a one-row strip ``(1, n_features, 1)``.
+    A given (h, w) or (h, w, channels) must multiply to ``n_features``.
+    """
+    if isinstance(image_shape, str):
+        side = math.isqrt(n_features)
+        return (side, side, 1) if side * side == n_features else (1, n_features, 1)
+    try:
+        shape = tuple(image_shape)
+        if any(isinstance(s, bool) or not isinstance(s, Integral | np.integer) for s in shape):
+            raise TypeError
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ValueError(f"image_shape must be 'auto', (h, w) or (h, w, channels) of positive "
+                         f"ints, got {image_shape!r}.") from None
+    if len(shape) == 2:
+        shape = shape + (1,)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be 'auto', (h, w) or (h, w, channels) of positive "
+                         f"ints, got {image_shape!r}.")
+    if math.prod(shape) != n_features:
+        raise ValueError(f"image_shape {image_shape!r} holds {math.prod(shape)} values but X has "
+                         f"{n_features} features.")
+    return shape
 
 
 def _comparable(value):
@@ -110,7 +141,11 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
         "dtype": [StrOptions({"auto", "float32", "float64"})],
         "lr_schedule": [StrOptions(set(LR_SCHEDULES)), None],
         "batch_norm": ["boolean"],
+        "augment": [None, StrOptions({"affine", "elastic"}), Augmentation],
     }
+
+    #: See :data:`TRAINING_PARAMETERS`; an estimator may add its own.
+    _training_parameters = TRAINING_PARAMETERS
 
     # ------------------------------------------------------------ the task's part
     @abstractmethod
@@ -196,7 +231,7 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
         params = self.get_params(deep=False)
         return {"n_features": n_features,
                 **{name: _comparable(value) for name, value in sorted(params.items())
-                   if name not in TRAINING_PARAMETERS}}
+                   if name not in self._training_parameters}}
 
     def _check_same_architecture(self, n_features):
         before = getattr(self, "_architecture_", None)
@@ -321,7 +356,8 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
             self.tol, self.n_iter_no_change, validation_score, self.verbose,
             # A warm-up learns slowly by design: no-improvement counts after it.
             start_step=0 if schedule is None else schedule.warmup_end)
-        source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape, rows)
+        source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape, rows,
+                             **self._augmentation_for(X.shape[1]))
         self._history.n_iter = 0
         loop = TrainingLoop(
             self._network, self._optimizer, source, self._history, batch_size=batch_size,
@@ -337,6 +373,20 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
                 "optimization hasn't converged yet." % self.max_iter,
                 ConvergenceWarning,
             )
+
+    def _augmentation_for(self, n_features):
+        """BatchSource's augmentation arguments: none without ``augment``."""
+        if self.augment is None:
+            return {}
+        shape = self._image_shape(n_features)
+        return {"augmentation": make_augmentation(self.augment, image_shape=shape).frozen(),
+                "image_shape": shape,
+                # Drawn only with augmentation: the random stream stays MLPClassifier's.
+                "seed": int(self._random_state.randint(np.iinfo(np.int32).max))}
+
+    def _image_shape(self, n_features):
+        """(h, w, channels) a row is read as, for augmentation."""
+        return infer_image_shape(n_features, self.image_shape)
 
     def _training_split(self, X, Y, weights):
         """(training rows, validation score or None): with early stopping, a
@@ -368,10 +418,12 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
         return [callback for callback in optional if callback is not None]
 
     def _fit_lbfgs(self, X, Y, weights, concurrent, tasks):
-        if self.batch_norm:
-            raise ValueError("batch_norm=True needs mini-batches: use solver='adam' or "
-                             "'sgd', not 'lbfgs' (full-batch L-BFGS has no batch statistics "
-                             "to normalise with).")
+        for name, why in (("batch_norm", "has no batch statistics to normalise with"),
+                          ("augment", "sees the same data at every iteration")):
+            if getattr(self, name) not in (None, False):
+                raise ValueError(f"{name}={getattr(self, name)!r} needs mini-batches: use "
+                                 f"solver='adam' or 'sgd', not 'lbfgs' (full-batch L-BFGS "
+                                 f"{why}).")
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape)
         self._history.loss_curve = []
         hooks = [] if tasks is None else [tasks.lbfgs_iteration]

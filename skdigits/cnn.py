@@ -1,45 +1,14 @@
 """NumpyCNNClassifier: a convolutional network from scratch, scikit-learn style."""
 
-import math
 from functools import partial
 from numbers import Integral, Real
 
-import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import activated, positive_ints
+from ._base import activated, infer_image_shape, positive_ints
 from ._classifier import BaseNetClassifier
 from .nn import Dense, Dropout, Network
 from .nn import Conv2D, Flatten, MaxPool2D
-
-
-def infer_image_shape(n_features, image_shape="auto"):
-    """Per-sample (h, w, channels) for rows of ``n_features`` pixels.
-
-    'auto': a square single-channel image when ``n_features`` is a perfect
-    square (784 -> 28x28), otherwise a one-row strip ``(1, n_features, 1)``.
-    A given (h, w) or (h, w, channels) must multiply to ``n_features``.
-    """
-    if isinstance(image_shape, str):
-        side = math.isqrt(n_features)
-        return (side, side, 1) if side * side == n_features else (1, n_features, 1)
-    try:
-        shape = tuple(image_shape)
-        if any(isinstance(s, bool) or not isinstance(s, Integral | np.integer) for s in shape):
-            raise TypeError
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise ValueError(f"image_shape must be 'auto', (h, w) or (h, w, channels) of positive "
-                         f"ints, got {image_shape!r}.") from None
-    if len(shape) == 2:
-        shape = shape + (1,)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"image_shape must be 'auto', (h, w) or (h, w, channels) of positive "
-                         f"ints, got {image_shape!r}.")
-    if math.prod(shape) != n_features:
-        raise ValueError(f"image_shape {image_shape!r} holds {math.prod(shape)} values but X has "
-                         f"{n_features} features.")
-    return shape
 
 
 class NumpyCNNClassifier(BaseNetClassifier):
@@ -106,6 +75,9 @@ class NumpyCNNClassifier(BaseNetClassifier):
         Batch normalisation after every convolution (per channel) and every
         dense hidden layer, before the activation; as for
         :class:`NumpyMLPClassifier`.
+    augment : {'affine', 'elastic'}, Augmentation or None, default=None
+        Distort every training mini-batch afresh (never at prediction); as
+        for :class:`NumpyMLPClassifier`, with rows read as ``image_shape``.
     weight_init : {'he', 'glorot'}, default='he'
         He initialisation suits the ReLU convolutions.
 
@@ -197,6 +169,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
         dtype="auto",
         lr_schedule=None,
         batch_norm=False,
+        augment=None,
         weight_init="he",
     ):
         self.conv_filters = conv_filters
@@ -231,6 +204,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
         self.dtype = dtype
         self.lr_schedule = lr_schedule
         self.batch_norm = batch_norm
+        self.augment = augment
         self.weight_init = weight_init
 
     def _make_network(self, n_features, n_outputs, out_activation, dtype):

@@ -5,7 +5,7 @@ from numbers import Integral
 
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import activated, positive_ints
+from ._base import TRAINING_PARAMETERS, activated, positive_ints
 from ._classifier import BaseNetClassifier
 from .nn import Dense, Dropout, Network
 
@@ -102,6 +102,20 @@ class NumpyMLPClassifier(BaseNetClassifier):
         (Ioffe & Szegedy, 2015), with learned scale and shift, and with
         running averages of the batch statistics at prediction.  Sample
         weights enter the batch statistics.  Needs 'adam' or 'sgd'.
+    augment : {'affine', 'elastic'}, Augmentation or None, default=None
+        Distort every training mini-batch afresh, never at prediction:
+        'affine' (random rotation, slant, size and shift), 'elastic' (Simard
+        et al.'s elastic distortion on top of milder affine ones), or an
+        :class:`~skdigits.augmentation.Augmentation` with your settings (its
+        parameters tune in a grid search as ``augment__rotation``, ...).  Rows
+        are read as images of ``image_shape``.  Each row's distortion is a
+        function of its pixels, ``random_state`` and the batch, so a fit is
+        reproducible and integer sample weights still equal repeated rows.
+        Needs 'adam' or 'sgd'.
+    image_shape : 'auto', (h, w) or (h, w, channels), default='auto'
+        How a row is read as an image for ``augment`` (as for
+        :class:`NumpyCNNClassifier`: 'auto' is square when n_features is a
+        perfect square, else a one-row strip).  Not used without ``augment``.
     weight_init : {'glorot', 'he'}, default='glorot'
         'glorot' is scikit-learn's uniform Glorot initialisation (used by
         default so results line up with MLPClassifier); 'he' draws
@@ -194,7 +208,11 @@ class NumpyMLPClassifier(BaseNetClassifier):
         "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
         "max_fun": [Interval(Integral, 1, None, closed="left")],
         "weight_init": [StrOptions({"glorot", "he"})],
+        "image_shape": [StrOptions({"auto"}), tuple, list],
     }
+
+    # The MLP reads rows as images only to augment them.
+    _training_parameters = TRAINING_PARAMETERS | {"image_shape"}
 
     def __init__(
         self,
@@ -227,6 +245,8 @@ class NumpyMLPClassifier(BaseNetClassifier):
         dtype="auto",
         lr_schedule=None,
         batch_norm=False,
+        augment=None,
+        image_shape="auto",
         weight_init="glorot",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -257,6 +277,8 @@ class NumpyMLPClassifier(BaseNetClassifier):
         self.dtype = dtype
         self.lr_schedule = lr_schedule
         self.batch_norm = batch_norm
+        self.augment = augment
+        self.image_shape = image_shape
         self.weight_init = weight_init
 
     def _hidden_sizes(self):

@@ -369,3 +369,59 @@ def test_cnn_tall_narrow_images_pool_each_side_by_its_own_size(digits):
     assert kinds[:4] == [Conv2D, MaxPool2D, Conv2D, Flatten]
     assert clf._network.layers[3].input_shape == (4, 1, 2)
     assert clf.predict_proba(X[:3]).shape == (3, len(np.unique(y[:200])))
+
+
+# ------------------------------------------------------------ augmentation
+def test_augmentation_changes_training_reproducibly_and_never_prediction(digits):
+    X, y = digits
+    plain = fit_quietly(NumpyMLPClassifier(max_iter=3, **SMALL_MLP), X, y)
+    runs = [fit_quietly(NumpyMLPClassifier(max_iter=3, augment="affine", **SMALL_MLP), X, y)
+            for _ in range(2)]
+    assert runs[0].loss_curve_ == runs[1].loss_curve_
+    np.testing.assert_array_equal(runs[0].coefs_[0], runs[1].coefs_[0])
+    assert runs[0].loss_curve_ != plain.loss_curve_
+    # Prediction is the plain forward pass: the same input, the same output.
+    np.testing.assert_array_equal(runs[0].predict_proba(X[:50]), runs[0].predict_proba(X[:50]))
+    hidden = np.maximum(X[:50] @ runs[0].coefs_[0] + runs[0].intercepts_[0], 0)
+    logits = hidden @ runs[0].coefs_[1] + runs[0].intercepts_[1]
+    np.testing.assert_allclose(runs[0].predict_proba(X[:50]),
+                               np.exp(logits) / np.exp(logits).sum(1, keepdims=True), rtol=1e-9)
+
+
+def test_augmentation_is_a_nested_estimator_for_grid_search(digits):
+    from sklearn.base import clone
+
+    from skdigits.augmentation import Augmentation
+
+    clf = NumpyCNNClassifier(augment=Augmentation(rotation=5.0), **SMALL_CNN)
+    assert clf.get_params()["augment__rotation"] == 5.0
+    twin = clone(clf).set_params(augment__rotation=12.0)
+    assert twin.augment.rotation == 12.0 and clf.augment.rotation == 5.0
+    X, y = digits
+    search = GridSearchCV(NumpyMLPClassifier(max_iter=2, augment=Augmentation(), **SMALL_MLP),
+                          {"augment__rotation": [0.0, 15.0]}, cv=2)
+    fit_quietly(search, X[:300], y[:300])
+    assert search.best_params_["augment__rotation"] in (0.0, 15.0)
+
+
+def test_augmentation_draws_follow_the_row_not_its_position():
+    from skdigits.training.batches import RowKeyedGenerator
+
+    keys = np.array([5, 9, 5, 7], dtype=np.uint64)
+    a = RowKeyedGenerator(keys, draw_key=3).random((6, 4))
+    b = RowKeyedGenerator(keys[::-1].copy(), draw_key=3).random((6, 4))
+    np.testing.assert_array_equal(a[:, 0], a[:, 2])  # equal rows, equal draws
+    np.testing.assert_array_equal(a, b[:, ::-1])     # order does not matter
+    assert not np.array_equal(a, RowKeyedGenerator(keys, draw_key=4).random((6, 4)))
+    assert 0.0 <= a.min() and a.max() < 1.0
+
+
+@pytest.mark.parametrize("augment", ["affine", "elastic", "nonsense"])
+def test_augment_needs_mini_batches_or_a_known_preset(digits, augment):
+    X, y = digits
+    if augment == "nonsense":
+        with pytest.raises(ValueError, match="augment"):
+            NumpyMLPClassifier(augment=augment).fit(X, y)
+        return
+    with pytest.raises(ValueError, match="augment=.* needs mini-batches"):
+        NumpyMLPClassifier(solver="lbfgs", augment=augment).fit(X, y)

@@ -254,6 +254,32 @@ class Dropout(Layer):
         return dY
 
 
+def odd_salts(n_words, seed):
+    """``n_words`` odd uint64 salts for :func:`row_hashes`, from ``seed``."""
+    return _odd_salts(n_words, seed)
+
+
+def keyed_uniforms(row_keys, draw_key, shape):
+    """Uniform numbers in [0, 1) of ``shape`` (axis 1 of length n), each a
+    hash of (its sample's key, ``draw_key``, its place in the sample's draw).
+
+    Shapes: row_keys (n,) uint64, shape (a, n, *rest).  A sample's numbers do
+    not depend on the other samples of its batch nor on their order.
+    """
+    shape = tuple(int(v) for v in shape)
+    n = len(row_keys)
+    if len(shape) < 2 or shape[1] != n:
+        raise ValueError(f"keyed draws need shape (a, {n}, ...), got {shape}.")
+    per_sample = shape[:1] + shape[2:]
+    with np.errstate(over="ignore"):
+        places = mix64(np.arange(int(np.prod(per_sample)), dtype=np.uint64)
+                       + mix64(np.uint64(draw_key % 2**64))).reshape(per_sample)
+        places = np.expand_dims(places, 1)  # (a, 1, *rest)
+        keys = row_keys.reshape((1, n) + (1,) * (len(shape) - 2))
+        h = mix64(keys ^ places)
+    return (h >> np.uint64(11)) * (1.0 / 2**53)
+
+
 def _odd_salts(n_words, seed):
     with np.errstate(over="ignore"):
         return mix64(np.arange(n_words, dtype=np.uint64) ^ np.uint64((seed * 7919) % 2**64)) \

@@ -1,8 +1,36 @@
-"""Mini-batches gathered by row index into reused buffers."""
+"""Mini-batches gathered by row index into reused buffers, and augmented."""
 
 import numpy as np
 
 from ..concurrency import prefetched
+from ..nn.layers import keyed_uniforms, odd_salts, row_hashes
+
+
+class RowKeyedGenerator(np.random.Generator):
+    """A Generator whose ``random`` draws are keyed by sample, not by order.
+
+    Augmentation draws its per-image numbers along axis 1 (shape
+    ``(a, n, ...)``).  Here each image's numbers are a hash of its own pixels
+    and the draw's key (:func:`~skdigits.nn.layers.keyed_uniforms`), as
+    Dropout's masks are: identical rows in a batch get identical distortions,
+    so a fit with integer sample weights still equals a fit on repeated rows,
+    and the result does not depend on which thread gathers the batch.
+    """
+
+    def __init__(self, row_keys, draw_key):
+        super().__init__(np.random.PCG64(0))
+        self.row_keys = row_keys
+        self.draw_key = int(draw_key)
+        self._draws = 0
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        shape = out.shape if out is not None else size
+        self._draws += 1
+        values = keyed_uniforms(self.row_keys, self.draw_key * 1_000_003 + self._draws, shape)
+        if out is None:
+            return values.astype(dtype, copy=False)
+        out[...] = values
+        return out
 
 
 class BatchSource:
@@ -24,15 +52,28 @@ class BatchSource:
         Per-sample shape the network expects; batches are reshaped (a view).
     rows : ndarray of int, optional
         The rows of X that make up this data set (e.g. the training split).
+    augmentation : FrozenAugmentation, optional
+        Distorts every gathered batch afresh (training only), read as images
+        of ``image_shape``; its randomness is keyed by each row's pixels,
+        ``seed`` and the batch's draw key (see :class:`RowKeyedGenerator`).
+    image_shape : tuple, optional
+        (h, w, channels) of a row, for the augmentation.
+    seed : int
+        Seeds the augmentation's row keys.
     """
 
-    def __init__(self, X, Y, weights, dtype, input_shape, rows=None):
+    def __init__(self, X, Y, weights, dtype, input_shape, rows=None, augmentation=None,
+                 image_shape=None, seed=0):
         self.X, self.Y, self.weights = X, Y, weights
         self.dtype = np.dtype(dtype)
         self.input_shape = tuple(input_shape)
         self.rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
         self.sparse = hasattr(X, "toarray")
+        self.augmentation = augmentation
+        self.image_shape = None if image_shape is None else tuple(image_shape)
+        self._salts = None if augmentation is None else odd_salts(X.shape[1], seed)
         self._buffers = [None, None]
+        self._augmented = [None, None]
 
     def __len__(self):
         return len(self.rows)
@@ -43,11 +84,12 @@ class BatchSource:
         rows = self.rows if positions is None else self.rows[positions]
         return float(self.weights[rows].sum())
 
-    def gather(self, positions, slot=0):
+    def gather(self, positions, slot=0, draw_key=None):
         """Batch for ``positions`` (indices into ``rows``): (X, Y, weights).
 
         The batch lives in buffer set ``slot`` (0 or 1) until that slot is
-        gathered into again.
+        gathered into again.  With an augmentation and a ``draw_key`` (an int
+        unique to the batch within the fit), X is distorted.
         """
         rows = self.rows[positions]
         k = len(rows)
@@ -63,16 +105,33 @@ class BatchSource:
             Xb[...] = self.X[rows]
         Yb[...] = self.Y[rows]
         wb = None if self.weights is None else self.weights[rows]
+        if self.augmentation is not None and draw_key is not None:
+            Xb = self._augment(Xb, slot, draw_key)
         return Xb.reshape((k,) + self.input_shape), Yb, wb
 
-    def batches(self, order, batch_size):
+    def _augment(self, Xb, slot, draw_key):
+        k = Xb.shape[0]
+        if self._augmented[slot] is None or self._augmented[slot].shape[0] < k:
+            self._augmented[slot] = np.empty_like(self._buffers[slot][0])
+        out = self._augmented[slot][:k]
+        rng = RowKeyedGenerator(row_hashes(Xb, self._salts), draw_key)
+        images = Xb.reshape((k,) + self.image_shape)
+        self.augmentation.transform_batch(images, rng, out=out.reshape(images.shape))
+        return out
+
+    def batches(self, order, batch_size, epoch_key=0):
         """Yield ``(positions, (X, Y, weights))`` for consecutive slices of
-        ``order``, the next one gathered while the caller computes on this
-        one (:func:`~skdigits.concurrency.prefetched`).  A batch stays valid
-        until the next one is requested."""
+        ``order``, the next one gathered (and augmented) while the caller
+        computes on this one (:func:`~skdigits.concurrency.prefetched`).  A
+        batch stays valid until the next one is requested.
+
+        ``epoch_key`` (e.g. the number of epochs before this one) makes the
+        augmentation draw anew every epoch.
+        """
         slices = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
-        def gather(positions, slot):
-            return positions, self.gather(positions, slot)
+        def gather(numbered, slot):
+            index, positions = numbered
+            return positions, self.gather(positions, slot, draw_key=epoch_key * 1_000_003 + index)
 
-        return prefetched(gather, slices)
+        return prefetched(gather, enumerate(slices))

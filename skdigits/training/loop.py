@@ -99,7 +99,10 @@ class TrainingLoop:
         self._notify("on_epoch_begin")
         self.guard.start_epoch()
         total = 0.0
-        batches = self.source.batches(self._epoch_order(), self.batch_size)
+        # Epochs so far over all calls (not samples seen: a fit on repeated
+        # rows must draw as the same fit with integer sample weights).
+        batches = self.source.batches(self._epoch_order(), self.batch_size,
+                                      epoch_key=len(self.history.loss_curve))
         for index, (positions, (Xb, Yb, wb)) in enumerate(batches):
             loss = self.train_step(Xb, Yb, wb, first_of_epoch=index == 0)
             if loss is not None:
