@@ -780,19 +780,80 @@ def test_plots_without_matplotlib_say_how_to_install_it(capsys, data, model, tmp
     assert_one_line_error(err, 'pip install "skdigits[plot]"', 'pip install ".[plot]"')
 
 
-@pytest.mark.parametrize("unbuffered", [True, False], ids=["unbuffered", "buffered"])
-def test_evaluate_plots_into_a_closed_pipe_still_saves_them(data, model, tmp_path, unbuffered):
-    """`skdigits evaluate ... --plots DIR | head -2`: the reader has gone; the plots still come."""
+def run_into_a_closed_pipe(argv, *python_options):
+    """Run `python -m skdigits ARGV` with stdout a pipe whose reader has already gone."""
     read_end, write_end = os.pipe()
-    os.close(read_end)  # a reader that has already gone
+    os.close(read_end)
     try:
-        result = subprocess.run(
-            [sys.executable, *(["-u"] if unbuffered else []), "-m", "skdigits", "evaluate",
-             str(data.labelled), "-m", str(model), "--plots", str(tmp_path / "plots")],
-            stdout=write_end, stderr=subprocess.PIPE, text=True, env=repo_env(), timeout=120)
+        return subprocess.run([sys.executable, *python_options, "-m", "skdigits", *map(str, argv)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              env=repo_env(), timeout=120)
     finally:
         os.close(write_end)
+
+
+def test_evaluate_plots_into_a_closed_pipe_still_saves_them(data, model, tmp_path):
+    """`skdigits evaluate ... --plots DIR | head -2`: the reader has gone; the plots still come.
+
+    Unbuffered (-u), the first line already meets the closed pipe.
+    """
+    result = run_into_a_closed_pipe(["evaluate", data.labelled, "-m", model, "--plots",
+                                     tmp_path / "plots"], "-u")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     for name in ("confusion_matrix.png", "learning_curves.png", "misclassified.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_buffered_output_into_a_closed_pipe_ends_quietly(data, model):
+    """Buffered, the output meets the closed pipe only when it is flushed at the end."""
+    result = run_into_a_closed_pipe(["evaluate", data.labelled, "-m", model])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+# ----------------------------------------------------------------- the data readers
+def test_data_reader_examples_run():
+    import doctest
+
+    result = doctest.testmod(skdigits.data.datasets)
+    assert result.failed == 0 and result.attempted >= 10
+
+
+def hostile_npz(path, shape):
+    """An .npz whose X_train header declares `shape` (float64) over a few bytes of data."""
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    labels = io.BytesIO()
+    np.save(labels, np.arange(3))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("X_train.npy", header.getvalue() + b"\0" * 64)
+        archive.writestr("y_train.npy", labels.getvalue())
+    return path
+
+
+def test_an_npz_declaring_a_huge_array_is_refused_before_allocating(capsys, tmp_path):
+    path = hostile_npz(tmp_path / "bomb.npz", (10**7, 784))  # 62.7 GB declared in 400 bytes
+    code, _, err = run(capsys, "train", path, "-o", tmp_path / "m.skops")
+    assert code == 1
+    assert_one_line_error(err, "bomb.npz", "X_train", "MAX_NPZ_ARRAY_BYTES")
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: np.save(p.with_suffix(".npy"), np.zeros((2, 784))) or
+     p.with_suffix(".npy").rename(p), "single array"),
+    (lambda p: np.savez(p, X_train=np.zeros((3, 784)), y_train=np.zeros((3, 2))), "shape"),
+    (lambda p: np.savez(p, X_train=np.array(["a", "b"]), y_train=np.arange(2)), "numeric"),
+    (lambda p: np.savez(p, images=np.zeros((3, 784))), "expected arrays"),
+    (lambda p: hostile_npz(p, (3, 784)), "cannot read"),  # declared 3 rows, holds 8 values
+    (lambda p: p.write_bytes(b"PK\x03\x04 not really a zip"), "not a readable .npz"),
+])
+def test_unusable_npz_files_are_named(capsys, tmp_path, make, fragment):
+    path = tmp_path / "data.npz"
+    make(path)
+    code, _, err = run(capsys, "train", path, "-o", tmp_path / "m.skops")
+    assert code == 1
+    assert_one_line_error(err, "data.npz", fragment)

@@ -87,36 +87,45 @@ def _check_npz_sizes(path, keys):
 
 
 def _read_npz(path, split, need_labels):
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
-    if not isinstance(arrays, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: holds a single array, not named arrays "
-                         f"({' or '.join(x for x, _ in _NPZ_KEYS[split])})")
-    with arrays:
-        names = set(arrays.files)
-        for x_key, y_key in _NPZ_KEYS[split]:
-            if x_key in names and (y_key in names or not need_labels):
-                break
-        else:
-            wanted = " or ".join(f"{x} and {y}" if need_labels else x
-                                 for x, y in _NPZ_KEYS[split])
-            raise ValueError(f"{path}: expected arrays {wanted}, found {sorted(names) or 'none'}")
-        _check_npz_sizes(path, [x_key, y_key] if need_labels else [x_key])
+    # The file is opened here, not by np.load, so that it is closed whatever
+    # np.load raises (a damaged zip left it open).
+    with open(path, "rb") as f:
         try:
-            X = arrays[x_key]
-            y = arrays[y_key] if need_labels else None
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            # object arrays would need pickle; damaged members fail here
-            raise ValueError(f"{path}: cannot read {x_key}/{y_key} ({exc})") from exc
+            arrays = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: holds a single array, not named arrays "
+                             f"({' or '.join(x for x, _ in _NPZ_KEYS[split])})")
+        with arrays:
+            X, y, keys = _npz_arrays(path, arrays, split, need_labels)
     if X.ndim not in (2, 3, 4) or X.dtype.kind not in "fiub":
-        raise ValueError(f"{path}: {x_key} must be numeric images (n, pixels) or (n, h, w), "
+        raise ValueError(f"{path}: {keys[0]} must be numeric images (n, pixels) or (n, h, w), "
                          f"got {X.dtype} {X.shape}")
     if y is not None and (y.ndim != 1 or len(y) != len(X)):
-        raise ValueError(f"{path}: {x_key} has {len(X)} rows but {y_key} has shape {y.shape}")
-    keys = f"{x_key}, {y_key}" if y is not None else x_key
-    return Dataset(X, y, f"{path} [{keys}] ({len(X)} images)", "npz")
+        raise ValueError(f"{path}: {keys[0]} has {len(X)} rows but {keys[1]} has shape "
+                         f"{y.shape}")
+    return Dataset(X, y, f"{path} [{', '.join(keys)}] ({len(X)} images)", "npz")
+
+
+def _npz_arrays(path, arrays, split, need_labels):
+    """(X, y or None, the keys read) from an open NpzFile."""
+    names = set(arrays.files)
+    for x_key, y_key in _NPZ_KEYS[split]:
+        if x_key in names and (y_key in names or not need_labels):
+            break
+    else:
+        wanted = " or ".join(f"{x} and {y}" if need_labels else x for x, y in _NPZ_KEYS[split])
+        raise ValueError(f"{path}: expected arrays {wanted}, found {sorted(names) or 'none'}")
+    keys = [x_key, y_key] if need_labels else [x_key]
+    _check_npz_sizes(path, keys)
+    try:
+        X = arrays[x_key]
+        y = arrays[y_key] if need_labels else None
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        # object arrays would need pickle; damaged members fail here
+        raise ValueError(f"{path}: cannot read {'/'.join(keys)} ({exc})") from exc
+    return X, y, keys
 
 
 # ----------------------------------------------------------------- labelled
