@@ -806,7 +806,7 @@ def test_evaluate_plots_into_a_closed_pipe_still_saves_them(data, model, tmp_pat
 
 
 def test_buffered_output_into_a_closed_pipe_ends_quietly(data, model):
-    """Buffered, the output meets the closed pipe only when it is flushed at the end."""
+    """Buffered (no -u), the work finishes and the lost output is not mentioned."""
     result = run_into_a_closed_pipe(["evaluate", data.labelled, "-m", model])
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
