@@ -1,5 +1,6 @@
-"""The ``skdigits`` command line.  Argument parsing, files and printing only:
-the maths lives in the estimators and the engine.
+"""The ``skdigits`` command line.  Argument parsing, progress, files and
+printing only: the data readers live in :mod:`skdigits.data.datasets`, the
+maths in the estimators and the engine.
 
 Commands: ``compare``, ``train``, ``predict``, ``evaluate`` (``skdigits
 COMMAND --help`` for each).  Results go to stdout, progress and messages to
@@ -7,21 +8,32 @@ stderr.  Exit codes:
 
 * 0 -- done;
 * 1 -- a problem with the data or files (missing file, unreadable data,
-  unsafe or damaged model file); one line on stderr, no traceback;
-* 2 -- a usage mistake (unknown option, bad value); one line on stderr;
+  unsafe or damaged model file, a full disk), or training that diverged (the
+  model is then not saved); one line on stderr, no traceback;
+* 2 -- a usage mistake (unknown option, bad value, an output that is one of
+  the inputs); one line on stderr;
 * 130 -- interrupted with Ctrl-C.  ``train`` stops at the next mini-batch,
   still saves the model trained so far and says so, then exits with 130 so
   that scripts can tell the run was cut short.  Other commands write nothing.
+
+If the reader of stdout goes away (``skdigits evaluate ... | head``), the
+command still finishes its work (plots, files) and says nothing about it.
 """
 
 import argparse
+import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
+# NumPy, scikit-learn and the rest of skdigits are imported inside the
+# commands: `main` must already be running, and catching KeyboardInterrupt,
+# while they load (about a second).
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -38,152 +50,151 @@ class UsageError(UserError):
     exit_code = EXIT_USAGE
 
 
-# ----------------------------------------------------------------- data input
-class Dataset:
-    """Digits as the model pipeline takes them.
+class Interrupted(UserError):
+    """Ctrl-C after some output was written: the message says what exists."""
 
-    ``X`` is raw pixels (an array of rows or of images) or a list of image
-    file paths; ``rows`` the same digits already preprocessed by the
-    default ``ImageTransformer`` when the loader did that work anyway (image
-    folders), else None.  ``y`` is None without labels.  ``kind`` is 'csv',
-    'npz' or 'images'.
+    exit_code = EXIT_INTERRUPTED
+
+
+# ----------------------------------------------------------------- streams
+class _ForgivingStream:
+    """A text stream that goes quiet once its reader has gone (``| head``).
+
+    The command's work (plots, model files) matters more than its messages:
+    after a ``BrokenPipeError`` the rest of the output is dropped and the
+    command carries on.  The underlying file descriptor is pointed at the
+    null device so that the interpreter's own flush at exit cannot fail
+    either.
     """
 
-    def __init__(self, X, y, description, kind, rows=None):
-        self.X, self.y, self.description, self.kind = X, y, description, kind
-        self.rows = rows
+    def __init__(self, stream):
+        self._stream = stream
+        self.reader_gone = False
 
-    def __len__(self):
-        return len(self.X)
+    def write(self, text):
+        if not self.reader_gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._go_quiet()
+        return len(text)
 
+    def flush(self):
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._go_quiet()
 
-_NPZ_KEYS = {  # split -> (X, y) key pairs, in order of preference
-    "train": (("X_train", "y_train"), ("X", "y")),
-    "test": (("X_test", "y_test"), ("X", "y")),
-}
-
-
-def _read_npz(path, split, need_labels):
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable .npz file ({exc})") from exc
-    with arrays:
-        names = set(arrays.files)
-        for x_key, y_key in _NPZ_KEYS[split]:
-            if x_key in names and (y_key in names or not need_labels):
-                try:
-                    X = arrays[x_key]
-                    y = arrays[y_key] if need_labels else None
-                except ValueError as exc:  # object arrays would need pickle
-                    raise UserError(f"{path}: cannot read {x_key}/{y_key} ({exc})") from exc
-                break
-        else:
-            wanted = " or ".join(f"{x} and {y}" if need_labels else x
-                                 for x, y in _NPZ_KEYS[split])
-            raise UserError(f"{path}: expected arrays {wanted}, found {sorted(names) or 'none'}")
-    if X.ndim not in (2, 3, 4) or X.dtype.kind not in "fiub":
-        raise UserError(f"{path}: {x_key} must be numeric images (n, pixels) or (n, h, w), "
-                        f"got {X.dtype} {X.shape}")
-    if y is not None and len(y) != len(X):
-        raise UserError(f"{path}: {x_key} has {len(X)} rows but {y_key} has {len(y)}")
-    keys = f"{x_key}, {y_key}" if y is not None else x_key
-    return Dataset(X, y, f"{path} [{keys}] ({len(X)} images)", "npz")
-
-
-def _folder_labels(bunch):
-    """Class folder names as labels: integers when they all are ('0' ... '9')."""
-    names = bunch.target_names
-    if all(name.isdigit() for name in names):
-        return names.astype(np.int64)[bunch.target]
-    return names[bunch.target]
-
-
-def read_labelled(path, split):
-    """Labelled digits for ``train`` (split='train') and ``evaluate`` (split='test')."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file or directory")
-    try:
-        if path.is_dir():
-            from .data import load_image_folder
-
-            bunch = load_image_folder(path)
-            return Dataset(list(bunch.filenames), _folder_labels(bunch),
-                           f"image folder {path} ({len(bunch.target)} images, "
-                           f"{len(bunch.target_names)} classes)",
-                           "images", rows=bunch.data)
-        suffix = path.suffix.lower()
-        if suffix == ".npz":
-            return _read_npz(path, split, need_labels=True)
-        if suffix == ".csv":
-            from .data import load_digit_csv
-
-            bunch = load_digit_csv(path)
-            if bunch.target is None:
-                raise UserError(f"{path}: no 'label' column; a labelled CSV is needed here")
-            return Dataset(bunch.data, bunch.target, f"{path} ({len(bunch.target)} rows)", "csv")
-    except (ValueError, OSError) as exc:
-        raise UserError(str(exc)) from exc
-    raise UserError(f"{path}: expected a Kaggle .csv file, a .npz file or an image folder "
-                    "(one sub-folder per class)")
-
-
-def _comparison_data(path):
-    """(X, y, description) for ``compare``: pixel rows, the bundled digits if no path."""
-    if path is None:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        return digits.data, digits.target, "scikit-learn's bundled digits (1797 x 64)"
-    data = read_labelled(path, split="train")
-    # Image folders come preprocessed by the loader; arrays of images are flattened.
-    X = data.rows if data.rows is not None else np.asarray(data.X).reshape(len(data), -1)
-    return X, data.y, data.description
-
-
-def read_unlabelled(paths):
-    """Digits to predict: one CSV or .npz, or any number of image files and folders."""
-    from .data.images import IMAGE_EXTENSIONS, list_image_files
-
-    paths = [Path(p) for p in paths]
-    for path in paths:
-        if not path.exists():
-            raise UserError(f"{path}: no such file or directory")
-    tables = [p for p in paths if p.is_file() and p.suffix.lower() in (".csv", ".npz")]
-    if tables:
-        if len(paths) > 1:
-            raise UsageError("give one .csv or .npz file, or any number of images and folders")
-        path = tables[0]
+    def _go_quiet(self):
+        self.reader_gone = True
         try:
-            if path.suffix.lower() == ".npz":
-                return _read_npz(path, "test", need_labels=False)
-            from .data import load_digit_csv
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass  # not a real file (e.g. a test's capture): nothing will flush it later
 
-            bunch = load_digit_csv(path)
-        except (ValueError, OSError) as exc:
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _forgiving_streams():
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ForgivingStream(saved[0]), _ForgivingStream(saved[1])
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+
+
+# ----------------------------------------------------------------- messages
+def _one_line(exc):
+    """The first line of an error message (scikit-learn's may quote whole arrays)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if len(first) <= 400 else first[:397] + "..."
+
+
+def _os_error_text(exc):
+    """`file: reason` for an OSError, whatever form it came in."""
+    if exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc)
+
+
+#: Lines of a warning shown; a loader listing thousands of skipped files
+#: would otherwise flood the terminal.
+_WARNING_LINES = 5
+
+
+def _show_warnings(caught):
+    """Print each warning once, as ``Warning: <its own text>``, shortened."""
+    seen = set()
+    for w in caught:
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
+            continue  # addressed to developers, not to the user of a command
+        text = str(w.message).strip()
+        if (w.category, text) in seen:
+            continue
+        seen.add((w.category, text))
+        lines = text.splitlines()
+        shown = lines[:_WARNING_LINES]
+        if len(lines) > _WARNING_LINES:
+            shown.append(f"  ... and {len(lines) - _WARNING_LINES} more")
+        print("Warning: " + "\n".join(shown), file=sys.stderr)
+
+
+@contextmanager
+def _shown_warnings():
+    """Record the warnings of a block and show them once each when it ends."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            _show_warnings(caught)
+
+
+@contextmanager
+def _reading():
+    """Data problems become one-line errors; the loaders' warnings are shown."""
+    with _shown_warnings():
+        try:
+            yield
+        except FileNotFoundError as exc:
+            raise UserError(str(exc) if exc.strerror is None else _os_error_text(exc)) from exc
+        except OSError as exc:
+            raise UserError(_os_error_text(exc)) from exc
+        except ValueError as exc:
             raise UserError(str(exc)) from exc
-        return Dataset(bunch.data, None, f"{path} ({len(bunch.data)} rows)", "csv")
-    files = []
-    for path in paths:
-        if path.is_dir():
-            inside = list_image_files(path)
-            if not inside:
-                raise UserError(f"{path}: no image files in this folder")
-            files.extend(inside)
-        elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            files.append(str(path))
-        else:
-            raise UserError(f"{path}: expected a Kaggle .csv file, a .npz file, image files "
-                            "or folders of images")
-    what = f"{paths[0]}" if len(paths) == 1 else f"{len(paths)} paths"
-    return Dataset(files, None, f"{what} ({len(files)} images)", "images")
 
 
 # ----------------------------------------------------------------- files
-def _check_output_file(path, option):
-    """Fail before any long work if `path` cannot be written."""
+def _same_file(a, b):
+    """True when `a` and `b` name one existing file, after resolving links."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one of them does not exist (yet)
+        return False
+
+
+def _refuse_overwriting_inputs(path, option, inputs):
+    for given in inputs:
+        if given is not None and _same_file(path, given):
+            raise UsageError(f"{option} {path}: is the input {given}; writing it would "
+                             "destroy that input, so choose another file name")
+
+
+def _check_output_file(path, option, inputs=()):
+    """Fail before any long work if `path` cannot be written or is one of `inputs`."""
     path = Path(path)
+    _refuse_overwriting_inputs(path, option, inputs)
     if path.is_dir():
         raise UserError(f"{option} {path}: is a folder; give a file name")
     parent = path.parent
@@ -194,11 +205,21 @@ def _check_output_file(path, option):
     return path
 
 
+@contextmanager
+def _writing(path, option):
+    """A failed write (full disk, lost permission) names the file it was for."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from exc
+
+
 def _check_matplotlib(option):
     try:
         import matplotlib
     except ImportError:
-        raise UserError(f"{option} needs matplotlib: pip install skdigits[plot]") from None
+        raise UserError(f"{option} needs matplotlib: pip install \"skdigits[plot]\" "
+                        "(from a source checkout: pip install \".[plot]\")") from None
     matplotlib.use("Agg")
 
 
@@ -217,6 +238,11 @@ def _load_model_file(path):
     return model
 
 
+def _on_error(args):
+    return "skip" if args.skip_bad_images else "raise"
+
+
+# ----------------------------------------------------------------- models
 def _split_model(model):
     """(preprocessing steps or None, final estimator)."""
     steps = getattr(model, "steps", None)
@@ -239,8 +265,16 @@ def _describe_model(model):
     return text
 
 
-def _model_inputs(model, data, where):
-    """(features the final estimator sees, final estimator) for `data`."""
+def _model_inputs(model, data, where, on_error="raise"):
+    """(features the final estimator sees, final estimator) for `data`.
+
+    Image files are decoded here by the model's own preprocessing; with
+    ``on_error="skip"`` unreadable ones are dropped from ``data.X``.
+    """
+    import numpy as np
+
+    from .data.datasets import transform_images
+
     pre, est = _split_model(model)
     if pre is None and data.kind == "images":
         raise UserError(f"{where}: this model has no image preprocessing step, so it cannot "
@@ -248,8 +282,13 @@ def _model_inputs(model, data, where):
     try:
         if data.rows is not None and pre is not None and _is_default_image_step(pre):
             Xt = data.rows
+        elif pre is None:
+            Xt = data.X
+        elif data.kind == "images":
+            with _shown_warnings():
+                Xt, data.X = transform_images(pre, data.X, on_error=on_error)
         else:
-            Xt = data.X if pre is None else pre.transform(data.X)
+            Xt = pre.transform(data.X)
         n_in = getattr(est, "n_features_in_", None)
         if n_in is not None and np.shape(Xt)[1:] and np.prod(np.shape(Xt)[1:]) != n_in:
             raise ValueError(f"the model expects {n_in} features per digit, the data "
@@ -284,12 +323,16 @@ def compare(args):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from .data.datasets import bundled_digits, pixel_rows, read_labelled
     from .mlp import NumpyMLPClassifier
 
     if args.plot:
-        _check_output_file(args.plot, "--plot")
+        _check_output_file(args.plot, "--plot", inputs=[args.data])
         _check_matplotlib("--plot")
-    X, y, description = _comparison_data(args.data)
+    with _reading():
+        data = bundled_digits() if args.data is None else \
+            read_labelled(args.data, split="train", on_error=_on_error(args))
+    X, y = pixel_rows(data), data.y
     params = dict(hidden_layer_sizes=tuple(args.hidden), max_iter=args.max_iter,
                   alpha=args.alpha, random_state=args.random_state)
     models = [
@@ -297,11 +340,12 @@ def compare(args):
         ("sklearn MLPClassifier", MLPClassifier(**params)),
     ]
     cv = StratifiedKFold(n_splits=args.cv, shuffle=True, random_state=args.random_state)
-    print(f"Data: {description}; {args.cv}-fold cross-validation of "
+    print(f"Data: {data.description}; {args.cv}-fold cross-validation of "
           f"StandardScaler + MLP{params['hidden_layer_sizes']}, max_iter={args.max_iter}")
     rows = []
     for name, model in models:
         with warnings.catch_warnings():
+            # Both models stop at max_iter alike; the table is the point here.
             warnings.simplefilter("ignore", ConvergenceWarning)
             try:
                 result = cross_validate(make_pipeline(StandardScaler(), model), X, y, cv=cv,
@@ -318,120 +362,117 @@ def compare(args):
     if args.plot:
         from .plot import plot_comparison
 
-        plot_comparison(rows, args.plot)
+        with _writing(args.plot, "--plot"):
+            plot_comparison(rows, args.plot)
         print(f"Saved {args.plot}")
     return EXIT_OK
 
 
-# ----------------------------------------------------------------- train
-def _format_seconds(seconds):
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-    return f"{seconds // 60}:{seconds % 60:02d}"
+# ----------------------------------------------------------------- progress
+def _stream_is_terminal(stream):
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
 
 
 class EpochProgress:
     """A scikit-learn fit callback that reports every epoch on a stream.
 
-    On a terminal one line is redrawn: ``epoch 3/20 [#####-----] loss 0.1234
-    val 0.9650  0:04 elapsed, 0:23 left``.  Elsewhere (a file, a pipe, a CI
-    log) one plain line is printed per epoch.  With held-out data, the
-    validation accuracy after each epoch is computed on the ``fitted_estimator``
-    that scikit-learn rebuilds for the hook, and collected in ``scores``.
+    On a terminal, with `rich <https://rich.readthedocs.io>`_ installed (what
+    ``sklearn.callback.ProgressBar`` draws with), one bar is redrawn:
+    ``epoch 3/20 ━━━━━━━━━━━╺━━━━ loss 0.1234  val 0.9650 0:00:04 0:00:23``
+    (complete epochs, loss and held-out accuracy of the last one, time spent
+    and left).  Elsewhere -- a file, a pipe, a CI log, or without rich -- one
+    plain line is printed per epoch.  With held-out data, the validation
+    accuracy after each epoch is computed on the ``fitted_estimator`` that
+    scikit-learn rebuilds for the hook, and kept in ``scores``: the
+    callback's own record, not the model's.
 
     Parameters
     ----------
     stream : text file, default=sys.stderr
     X_val, y_val : held-out features (as the classifier takes them) and labels, optional
     tty : bool, optional
-        Redraw one line; by default ``stream.isatty()``.
+        Draw a bar; by default ``stream.isatty()``.
     """
-
-    bar_width = 24
 
     def __init__(self, stream=None, X_val=None, y_val=None, tty=None):
         self.stream = sys.stderr if stream is None else stream
         self.X_val, self.y_val = X_val, y_val
-        isatty = getattr(self.stream, "isatty", None)
-        self.tty = bool(isatty and isatty()) if tty is None else tty
+        self.tty = _stream_is_terminal(self.stream) if tty is None else tty
         self.scores, self.losses = [], []
         self.total = None
-        self._started = self._epoch_started = self._epoch_seconds = None
-        self._drawn = False
+        self._bar = None
+        self._epoch_started = None
 
     # ---- FitCallback protocol
     def setup(self, estimator, context):
-        self.total = getattr(context, "max_subtasks", None) or getattr(estimator, "max_iter", None)
-        self._started = self._epoch_started = time.perf_counter()
+        self.total = getattr(context, "max_subtasks", None) or None
         self.scores, self.losses = [], []
+        self._epoch_started = time.perf_counter()
+        self._bar = _rich_progress(self.stream, self.total, self._epoch_label()) \
+            if self.tty else None
 
     def on_fit_task_begin(self, estimator, context):
-        if self.tty and getattr(context, "task_name", None) == "epoch":
-            self._draw(len(self.losses) + 1, running=True)
+        return None
 
     def on_fit_task_end(self, estimator, context, *, metadata=None, fitted_estimator=None):
         if getattr(context, "task_name", None) != "epoch":
             return False
         loss = (metadata or {}).get("loss")
-        self.losses.append(np.nan if loss is None else float(loss))
-        now = time.perf_counter()
-        self._epoch_seconds, self._epoch_started = now - self._epoch_started, now
+        self.losses.append(math.nan if loss is None else float(loss))
         if self.X_val is not None and fitted_estimator is not None:
             predicted = fitted_estimator.predict(self.X_val)
-            self.scores.append(float(np.mean(predicted == self.y_val)))
-        epoch = len(self.losses)
-        if self.tty:
-            self._draw(epoch, running=False)
+            self.scores.append(float((predicted == self.y_val).mean()))
+        now = time.perf_counter()
+        seconds, self._epoch_started = now - self._epoch_started, now
+        if self._bar is not None:
+            self._bar.update(self._bar.task_ids[0], completed=len(self.losses),
+                             epoch=self._epoch_label(), metrics=self._metrics())
         else:
-            self._write("  ".join(self._status(epoch)) + "\n")
+            self.stream.write(f"{self._epoch_label()}  {self._metrics()}  {seconds:.1f} s\n")
+            self.stream.flush()
         return False
 
     def teardown(self, estimator, context):
-        if self.tty and self._drawn:
-            self._write("\n")
-            self._drawn = False
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
-    # ---- rendering
-    def _elapsed(self):
-        return time.perf_counter() - self._started
+    # ---- text
+    def _epoch_label(self):
+        total = self.total or "?"
+        return f"epoch {len(self.losses):>{len(str(total))}}/{total}"
 
-    def _status(self, epoch):
-        """(``epoch i/N``, the rest) of a progress line."""
-        total = self.total or epoch
-        head = f"epoch {epoch:>{len(str(total))}}/{total}"
-        parts = []
-        if self.losses:
-            parts.append(f"loss {self.losses[-1]:.4f}")
+    def _metrics(self):
+        parts = [f"loss {self.losses[-1]:.4f}"] if self.losses else []
         if self.scores:
             parts.append(f"val {self.scores[-1]:.4f}")
-        if self.tty:
-            elapsed, done = self._elapsed(), len(self.losses)
-            timing = f"{_format_seconds(elapsed)} elapsed"
-            if done:
-                timing += f", {_format_seconds(elapsed / done * max(total - done, 0))} left"
-            parts.append(timing)
-        elif self._epoch_seconds is not None:
-            parts.append(f"{self._epoch_seconds:.1f} s")
-        return head, "  ".join(parts)
-
-    def _draw(self, epoch, running):
-        total = self.total or epoch
-        done = len(self.losses)
-        filled = int(self.bar_width * min(done, total) / total) if total else 0
-        bar = "#" * filled + "-" * (self.bar_width - filled)
-        head, tail = self._status(epoch)
-        line = f"{head} [{bar}]  {tail}"
-        if running and not self.losses:
-            line += "  training..."
-        self._write("\r" + line + "\x1b[K")
-        self._drawn = True
-
-    def _write(self, text):
-        self.stream.write(text)
-        self.stream.flush()
+        return "  ".join(parts)
 
 
+def _rich_progress(stream, total, label):
+    """rich's redrawn bar on `stream`, started; None without rich."""
+    try:
+        from rich.console import Console
+        from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+    except ImportError:
+        return None
+    progress = Progress(
+        TextColumn("{task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[metrics]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(file=stream, force_terminal=True),
+        # Our own prints come after fit: leave sys.stdout and sys.stderr alone.
+        redirect_stdout=False, redirect_stderr=False)
+    progress.add_task("fit", total=total, epoch=label, metrics="")
+    progress.start()
+    return progress
+
+
+# ----------------------------------------------------------------- train: build
 def _make_classifier(args):
     if args.model == "mlp":
         from .mlp import NumpyMLPClassifier as cls
@@ -463,70 +504,50 @@ def _cnn_class():
     return NumpyCNNClassifier
 
 
-def _number(low, *, low_inclusive, below=None):
-    """argparse type for a finite float >= low (or > low), optionally < below."""
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        too_low = value < low if low_inclusive else value <= low
-        if not np.isfinite(value) or too_low or (below is not None and value >= below):
-            bound = f"[{low:g}, {below:g})" if below is not None else \
-                f"{'>=' if low_inclusive else '>'} {low:g}"
-            raise argparse.ArgumentTypeError(f"must be {'in ' if below else ''}{bound}, "
-                                             f"got {text}")
-        return value
-
-    return parse
-
-
-_fraction = _number(0, low_inclusive=True, below=1)
-_positive_float = _number(0, low_inclusive=False)
-_non_negative_float = _number(0, low_inclusive=True)
-
-
-def _batch_size(text):
-    if text == "auto":
-        return text
-    return _at_least(1)(text)
-
-
 def _take(X, index):
     return [X[i] for i in index] if isinstance(X, list) else X[index]
 
 
-def train(args):
-    """Fit ImageTransformer + classifier, report held-out accuracy, save the model."""
-    from sklearn.exceptions import ConvergenceWarning
+class _Split:
+    """The preprocessing and the rows it gives: training and held-out (or None)."""
+
+    def __init__(self, images, X_train, y_train, X_val, y_val):
+        self.images = images
+        self.X_train, self.y_train, self.X_val, self.y_val = X_train, y_train, X_val, y_val
+
+
+def _split_indices(data, args):
+    """(training, held-out) row indices, stratified by class; prints what was held out."""
+    import numpy as np
     from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import Pipeline
+
+    index = np.arange(len(data))
+    if args.validation == 0:
+        print(f"Data: {data.description}: all {len(data)} for training, none held out")
+        return index, index[:0]
+    try:
+        train_index, val_index = train_test_split(
+            index, test_size=args.validation, stratify=data.y, random_state=args.random_state)
+    except ValueError as exc:
+        raise UserError(f"cannot hold out {args.validation:g} of {len(data)} digits for "
+                        f"validation, stratified by class ({exc}); use more data or "
+                        "--validation 0") from exc
+    print(f"Data: {data.description}: {len(train_index)} for training, "
+          f"{len(val_index)} held out for validation")
+    return train_index, val_index
+
+
+def _hold_out(data, args):
+    """Split `data` and preprocess both parts with the ImageTransformer the model keeps.
+
+    The classifier is fitted on preprocessed rows, then saved behind the same
+    (stateless) preprocessing, so the model file takes raw digits.
+    """
+    import numpy as np
 
     from .data import ImageTransformer
-    from .persistence import save_model
 
-    out = _check_output_file(args.output, "-o")
-    classifier = _make_classifier(args)
-    data = read_labelled(args.data, split="train")
-    n = len(data)
-    index = np.arange(n)
-    if args.validation > 0:
-        try:
-            train_index, val_index = train_test_split(
-                index, test_size=args.validation, stratify=data.y,
-                random_state=args.random_state)
-        except ValueError as exc:
-            raise UserError(f"cannot hold out {args.validation:g} of {n} digits for "
-                            f"validation, stratified by class ({exc}); use more data or "
-                            "--validation 0") from exc
-        print(f"Data: {data.description}: {len(train_index)} for training, "
-              f"{len(val_index)} held out for validation")
-    else:
-        train_index, val_index = index, index[:0]
-        print(f"Data: {data.description}: all {n} for training, none held out")
-
-    # The classifier is fitted on preprocessed rows, then saved behind the
-    # same (stateless) preprocessing, so the model file takes raw digits.
+    train_index, val_index = _split_indices(data, args)
     images = ImageTransformer()
     try:
         raw_train = _take(data.X, train_index)
@@ -538,72 +559,191 @@ def train(args):
             X_val = images.transform(_take(data.X, val_index)) if len(val_index) else None
     except ValueError as exc:
         raise UserError(f"{args.data}: {exc}") from exc
-    y_train, y_val = data.y[train_index], data.y[val_index]
+    y_train = data.y[train_index]
     if len(np.unique(y_train)) < 2:
         raise UserError(f"{args.data}: the training digits have a single class; "
                         "at least two are needed")
-    step = args.model
-    print(f"Model: ImageTransformer -> {type(classifier).__name__}"
-          f"({_short_params(classifier)})")
+    if not len(val_index):
+        return _Split(images, X_train, y_train, None, None)
+    return _Split(images, X_train, y_train, X_val, data.y[val_index])
 
+
+# ----------------------------------------------------------------- train: fit
+def _fit(classifier, split):
+    """Fit with a progress display and the estimator's warnings shown once each.
+
+    Returns the seconds it took.
+    """
     sys.stdout.flush()  # keep the order of stdout and the progress on stderr in logs
-    progress = EpochProgress(sys.stderr, X_val if len(val_index) else None, y_val)
-    has_callbacks = hasattr(classifier, "set_callbacks")
+    progress = EpochProgress(sys.stderr, split.X_val, split.y_val)
+    has_callbacks = hasattr(classifier, "set_callbacks")  # scikit-learn >= 1.9
     if has_callbacks:
         classifier.set_callbacks(progress)
     started = time.perf_counter()
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            classifier.fit(X_train, y_train)
-    except ValueError as exc:  # e.g. a diverging fit: the learning rate is too large
+        with _shown_warnings():
+            classifier.fit(split.X_train, split.y_train)
+    except ValueError as exc:  # e.g. a non-finite loss: the learning rate is too large
         raise UserError(str(exc)) from exc
     finally:
         if has_callbacks:
             classifier.set_callbacks()  # the progress display is not part of the model
-    seconds = time.perf_counter() - started
+    return time.perf_counter() - started
 
-    history = getattr(classifier, "_history", None)
-    interrupted = bool(getattr(history, "interrupted", False)) or any(
-        "interrupted" in str(w.message) for w in caught)
-    for w in caught:
-        text = str(w.message)
-        if "interrupted" in text or issubclass(w.category, (DeprecationWarning,
-                                                              PendingDeprecationWarning)):
-            continue
-        if issubclass(w.category, ConvergenceWarning):
-            print(f"Note: not converged after {args.epochs} epochs; more --epochs may help",
-                  file=sys.stderr)
-        else:
-            print(f"Warning: {text}", file=sys.stderr)
 
-    epochs = getattr(classifier, "n_iter_", None)
+def _check_not_diverged(classifier, args):
+    """Refuse to save a model that training made worse than guessing.
+
+    A cross-entropy above twice that of guessing uniformly among the classes
+    (log K) means confidently wrong predictions on the training digits
+    themselves: training diverged (the estimator raises only once the loss is
+    no longer finite).  Such a file would only mislead `predict`; leaving any
+    earlier file at that path alone and exiting 1 lets scripts stop.
+    """
+    losses = getattr(classifier, "loss_curve_", None) or []
+    chance = math.log(len(classifier.classes_))
+    if losses and losses[-1] > 2 * chance:
+        raise UserError(
+            f"training diverged: the training loss ended at {losses[-1]:.4g}, more than "
+            f"twice that of guessing among {len(classifier.classes_)} classes "
+            f"({chance:.3g}); lower --learning-rate (it was {args.learning_rate:g}). "
+            f"The model was not saved: {args.output} is untouched")
+
+
+_STOP_REASONS = {"converged": "converged", "max_iter": "stopped by --epochs",
+                 "callback": "stopped by a callback"}
+
+
+def _report_fit(classifier, seconds):
+    epochs = classifier.n_iter_
     losses = getattr(classifier, "loss_curve_", None) or []
     plural = "" if epochs == 1 else "s"
-    if interrupted:
+    if classifier.stop_reason_ == "interrupted":
         summary = f"Stopped during epoch {epochs + 1} ({epochs} complete epoch{plural}) " \
                   f"after {seconds:.1f} s"
     else:
         summary = f"Trained {epochs} epoch{plural} in {seconds:.1f} s"
+        reason = _STOP_REASONS.get(classifier.stop_reason_)
+        if reason:
+            summary += f" ({reason})"
     if losses:
         summary += f"; training loss {losses[-1]:.4f}"
     print(summary)
-    if progress.scores and getattr(classifier, "validation_scores_", None) is None:
-        # The held-out accuracy after each epoch, for `evaluate --plots`.
-        classifier.validation_scores_ = list(progress.scores)
-    if len(val_index):
-        predicted = classifier.predict(X_val)
-        correct = int(np.sum(predicted == y_val))
-        print(f"Validation accuracy: {correct / len(y_val):.4f} "
-              f"({correct} of {len(y_val)} held-out digits)")
 
-    model = Pipeline([("images", images), (step, classifier)])
+
+def _report_validation(classifier, split):
+    if split.X_val is None:
+        return
+    correct = int((classifier.predict(split.X_val) == split.y_val).sum())
+    print(f"Validation accuracy: {correct / len(split.y_val):.4f} "
+          f"({correct} of {len(split.y_val)} held-out digits)")
+
+
+# ----------------------------------------------------------------- train: save
+class _SaveGuard:
+    """Once training is over, a Ctrl-C no longer loses the trained model.
+
+    Entered as soon as ``fit`` returns (during ``fit`` the estimator's own
+    handler turns Ctrl-C into a stop at the next mini-batch).  The first
+    Ctrl-C is noted and the validation and the save finish; a second one
+    abandons the save, and the atomic write leaves the output file as it was.
+    """
+
+    def __init__(self, out):
+        self.out = out
+        self.requested = False
+        self._previous = None
+        self._before = self._identity()
+
+    def _identity(self):
+        try:
+            st = self.out.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nCtrl-C: training is over; finishing the save of {self.out} first "
+              "(Ctrl-C again abandons it)", file=sys.stderr)
+
+    def __exit__(self, kind, exc, tb):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        if kind is KeyboardInterrupt:
+            if self._identity() != self._before:
+                raise Interrupted(f"the save had already finished: {self.out} holds the "
+                                  "trained model") from exc
+            kept = "keeps its previous content" if self._before else "was not written"
+            raise Interrupted(f"the save was abandoned: {self.out} {kept}") from exc
+        return False
+
+
+def _save_elsewhere(model, name):
+    """Save `model` in a new temporary folder; its path, or None if that fails too."""
+    import shutil
+    import tempfile
+
+    from .persistence import save_model
+
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="skdigits-"))
+    except OSError:
+        return None
+    try:
+        return save_model(model, folder / name)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _save_trained_model(model, out):
+    """Save atomically; if the disk refuses, keep the model somewhere and say where."""
+    from .persistence import save_model
+
     try:
         save_model(model, out)
     except ValueError as exc:
         raise UserError(f"-o {out}: {exc}") from exc
-    size = out.stat().st_size
-    if interrupted:
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        spare = _save_elsewhere(model, out.name)
+        if spare is None:
+            where = "nor in the temporary folder; the trained model is lost"
+        else:
+            where = f"it was saved to {spare} instead: move it where it should go"
+        raise UserError(f"-o {out}: cannot write the model ({reason}); {where}") from exc
+    return out.stat().st_size
+
+
+def train(args):
+    """Fit ImageTransformer + classifier, report held-out accuracy, save the model."""
+    from sklearn.pipeline import Pipeline
+
+    from .data.datasets import read_labelled
+
+    out = _check_output_file(args.output, "-o", inputs=[args.data])
+    classifier = _make_classifier(args)
+    with _reading():
+        data = read_labelled(args.data, split="train", on_error=_on_error(args))
+    split = _hold_out(data, args)
+    print(f"Model: ImageTransformer -> {type(classifier).__name__}"
+          f"({_short_params(classifier)})")
+    seconds = _fit(classifier, split)
+    with _SaveGuard(out) as guard:
+        _check_not_diverged(classifier, args)
+        _report_fit(classifier, seconds)
+        _report_validation(classifier, split)
+        size = _save_trained_model(Pipeline([("images", split.images),
+                                             (args.model, classifier)]), out)
+    if classifier.stop_reason_ == "interrupted" or guard.requested:
         print(f"Interrupted: saved the model trained so far to {out} ({_format_size(size)})")
         return EXIT_INTERRUPTED
     print(f"Saved {out} ({_format_size(size)})")
@@ -627,23 +767,30 @@ def _format_size(n_bytes):
 # ----------------------------------------------------------------- predict
 def predict(args):
     """Predict labels: a Kaggle submission for CSV/npz, filename,label rows for images."""
-    out = _check_output_file(args.output, "-o")
+    from .data.datasets import is_table, read_unlabelled
+
+    out = _check_output_file(args.output, "-o", inputs=[*args.data, args.model])
+    if len(args.data) > 1 and any(is_table(p) for p in args.data):
+        raise UsageError("give one .csv or .npz file, or any number of images and folders")
     model = _load_model_file(args.model)
-    data = read_unlabelled(args.data)
+    with _reading():
+        data = read_unlabelled(args.data)
     where = args.data[0] if len(args.data) == 1 else "DATA"
-    Xt, est = _model_inputs(model, data, where)
+    Xt, est = _model_inputs(model, data, where, on_error=_on_error(args))
     y_pred = _predict(est, Xt, where)
     if data.kind in ("csv", "npz"):
         from .data import write_submission
 
         try:
-            write_submission(y_pred, out)
+            with _writing(out, "-o"):
+                write_submission(y_pred, out)
         except ValueError as exc:
             raise UserError(f"-o {out}: {exc}") from exc
         print(f"Wrote {len(y_pred)} predictions for {data.description} to {out} "
               "(Kaggle submission: ImageId,Label)")
     else:
-        _write_labels(out, data.X, y_pred)  # X holds the image file paths
+        with _writing(out, "-o"):
+            _write_labels(out, data.X, y_pred)  # X holds the image file paths
         print(f"Wrote {len(y_pred)} predictions for {data.description} to {out} "
               "(filename,label)")
     return EXIT_OK
@@ -651,6 +798,8 @@ def predict(args):
 
 def _write_labels(path, filenames, labels):
     import csv
+
+    import numpy as np
 
     from .data import atomic_write
 
@@ -661,8 +810,13 @@ def _write_labels(path, filenames, labels):
 
 
 # ----------------------------------------------------------------- evaluate
+_PLOT_FILES = ("confusion_matrix.png", "learning_curves.png", "misclassified.png")
+
+
 def _comparable(y_true, y_pred):
     """Labels of one kind: if the data and the model disagree (int vs str), compare as text."""
+    import numpy as np
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if (y_true.dtype.kind in "OUS") != (y_pred.dtype.kind in "OUS"):
         return y_true.astype(str), y_pred.astype(str)
@@ -671,12 +825,19 @@ def _comparable(y_true, y_pred):
 
 def evaluate(args):
     """Accuracy, per-class precision and recall, confusion matrix; optional plots."""
+    import numpy as np
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    from .data.datasets import read_labelled
+
     if args.plots:
+        for name in _PLOT_FILES:
+            _refuse_overwriting_inputs(Path(args.plots) / name, "--plots",
+                                       [args.data, args.model])
         _check_matplotlib("--plots")
     model = _load_model_file(args.model)
-    data = read_labelled(args.data, split="test")
+    with _reading():
+        data = read_labelled(args.data, split="test", on_error=_on_error(args))
     Xt, est = _model_inputs(model, data, args.data)
     y_pred = _predict(est, Xt, args.data)
     y_true, y_pred = _comparable(data.y, y_pred)
@@ -714,6 +875,7 @@ def evaluate(args):
 
 
 def _evaluation_plots(directory, est, Xt, y_true, y_pred, labels, confidence):
+    import numpy as np
     from matplotlib.figure import Figure
 
     from .plot import (plot_confusion_matrix, plot_learning_curves, plot_misclassified,
@@ -724,22 +886,31 @@ def _evaluation_plots(directory, est, Xt, y_true, y_pred, labels, confidence):
     except OSError as exc:
         raise UserError(f"--plots {directory}: {exc.strerror or exc}") from exc
     saved = []
-    fig = Figure(figsize=(7, 6))
-    plot_confusion_matrix(y_true, y_pred, ax=fig.subplots(), labels=labels)
-    saved.append(save_figure(fig, directory / "confusion_matrix.png"))
 
-    if getattr(est, "loss_curve_", None):
-        fig = Figure(figsize=(7, 4.5))
-        plot_learning_curves({type(est).__name__: est}, ax=fig.subplots())
-        saved.append(save_figure(fig, directory / "learning_curves.png"))
+    def save(fig, name):
+        with _writing(directory / name, "--plots"):
+            saved.append(save_figure(fig, directory / name))
 
-    images = np.asarray(Xt)
-    if confidence is not None and images.ndim >= 2:
-        images = images.reshape(len(images), -1)
-        side = int(round(np.sqrt(images.shape[1])))
-        if side * side == images.shape[1]:
-            fig = plot_misclassified(images, y_true, y_pred, confidence, n=24, fig=Figure())
-            saved.append(save_figure(fig, directory / "misclassified.png"))
+    try:
+        fig = Figure(figsize=(7, 6))
+        plot_confusion_matrix(y_true, y_pred, ax=fig.subplots(), labels=labels)
+        save(fig, "confusion_matrix.png")
+
+        if getattr(est, "loss_curve_", None):
+            fig = Figure(figsize=(7, 4.5))
+            plot_learning_curves({type(est).__name__: est}, ax=fig.subplots())
+            save(fig, "learning_curves.png")
+
+        images = np.asarray(Xt)
+        if confidence is not None and images.ndim >= 2:
+            images = images.reshape(len(images), -1)
+            side = int(round(np.sqrt(images.shape[1])))
+            if side * side == images.shape[1]:
+                save(plot_misclassified(images, y_true, y_pred, confidence, n=24, fig=Figure()),
+                     "misclassified.png")
+    except KeyboardInterrupt as exc:
+        done = ", ".join(str(p) for p in saved) or "no plot"
+        raise Interrupted(f"saved {done} before the interruption") from exc
     return saved
 
 
@@ -748,17 +919,13 @@ _DATA_HELP = ("a Kaggle CSV (label,pixel0..pixel783), a .npz with arrays {keys},
               "or an image folder with one sub-folder per class")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="skdigits",
-        description="From-scratch NumPy neural networks for digits, the scikit-learn way.",
-        epilog="Exit codes: 0 done, 1 data or file problem, 2 usage mistake, 130 "
-               "interrupted (train still saves the model trained so far). "
-               "'skdigits COMMAND --help' describes each command.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+def _add_skip_option(p):
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out image files that cannot be decoded (one warning lists "
+                        "them) instead of stopping at the first")
 
+
+def _add_compare(commands):
     p = commands.add_parser(
         "compare", help="cross-validate our MLP against scikit-learn's MLPClassifier",
         description="Cross-validate Pipeline([StandardScaler(), NumpyMLPClassifier()]) and the "
@@ -773,18 +940,22 @@ def build_parser():
     p.add_argument("--max-iter", type=_at_least(1), default=200, help="epochs (default 200)")
     p.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty (default 1e-4)")
     p.add_argument("--random-state", type=int, default=0)
-    p.add_argument("--plot", metavar="FILE.png", help="save a picture of the comparison")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="save a picture of the comparison (needs matplotlib)")
+    _add_skip_option(p)
     p.set_defaults(handler=compare)
 
+
+def _add_train(commands):
     p = commands.add_parser(
         "train", help="train a model and save it to a .skops file",
         description="Train ImageTransformer (MNIST-style preprocessing: ink high, scaled to "
                     "[0, 1], centred) followed by a classifier. A stratified --validation "
                     "share is held out: its accuracy is shown after every epoch and at the "
-                    "end, and stored as validation_scores_ for 'evaluate --plots'. The model "
-                    "fitted on the rest is saved with its preprocessing, so it reads raw "
-                    "CSV rows, arrays and image files. Ctrl-C stops after the current "
-                    "mini-batch and still saves the model trained so far (exit code 130).")
+                    "end. The model fitted on the rest is saved with its preprocessing, so "
+                    "it reads raw CSV rows, arrays and image files. Ctrl-C stops after the "
+                    "current mini-batch and still saves the model trained so far (exit "
+                    "code 130). A model whose training diverged is not saved (exit code 1).")
     p.add_argument("data", metavar="DATA",
                    help=_DATA_HELP.format(keys="X_train and y_train (or X and y)"))
     p.add_argument("-o", "--output", required=True, metavar="MODEL",
@@ -805,8 +976,11 @@ def build_parser():
                    help="L2 penalty (default 1e-4)")
     p.add_argument("--random-state", type=int, default=0,
                    help="seed of the split, initial weights and shuffling (default 0)")
+    _add_skip_option(p)
     p.set_defaults(handler=train)
 
+
+def _add_predict(commands):
     p = commands.add_parser(
         "predict", help="predict labels with a saved model",
         description="Predict the digits in DATA with a model saved by 'skdigits train'. For a "
@@ -818,19 +992,40 @@ def build_parser():
                         "folders")
     p.add_argument("-m", "--model", required=True, metavar="MODEL", help="saved model file")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="CSV file to write")
+    _add_skip_option(p)
     p.set_defaults(handler=predict)
 
+
+def _add_evaluate(commands):
     p = commands.add_parser(
         "evaluate", help="score a saved model on labelled digits",
         description="Print the accuracy, per-class precision and recall, and the confusion "
-                    "matrix of a saved model on labelled DATA. With --plots, also save "
-                    "confusion_matrix.png, learning_curves.png (training loss and validation "
-                    "accuracy per epoch) and misclassified.png (the most confident mistakes).")
+                    "matrix of a saved model on labelled DATA. With --plots (needs "
+                    "matplotlib), also save confusion_matrix.png, learning_curves.png "
+                    "(training loss per epoch, and the validation accuracy of models "
+                    "trained with early_stopping) and misclassified.png (the most "
+                    "confident mistakes).")
     p.add_argument("data", metavar="DATA",
                    help=_DATA_HELP.format(keys="X_test and y_test (or X and y)"))
     p.add_argument("-m", "--model", required=True, metavar="MODEL", help="saved model file")
     p.add_argument("--plots", metavar="DIR", help="folder for the PNG files (created if needed)")
+    _add_skip_option(p)
     p.set_defaults(handler=evaluate)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="skdigits",
+        description="From-scratch NumPy neural networks for digits, the scikit-learn way.",
+        epilog="Exit codes: 0 done, 1 data or file problem (or training diverged), 2 usage "
+               "mistake, 130 interrupted (train still saves the model trained so far). "
+               "'skdigits COMMAND --help' describes each command.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    # Each command registers its parser and handler (set_defaults(handler=...)).
+    for add in (_add_compare, _add_train, _add_predict, _add_evaluate):
+        add(commands)
     return parser
 
 
@@ -847,15 +1042,37 @@ def _at_least(minimum):
     return parse
 
 
-def _one_line(exc):
-    """The first line of an error message (scikit-learn's may quote whole arrays)."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first if len(first) <= 400 else first[:397] + "..."
+def _number(low, *, low_inclusive, below=None):
+    """argparse type for a finite float >= low (or > low), optionally < below."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value < low if low_inclusive else value <= low
+        if not math.isfinite(value) or too_low or (below is not None and value >= below):
+            bound = f"[{low:g}, {below:g})" if below is not None else \
+                f"{'>=' if low_inclusive else '>'} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {'in ' if below else ''}{bound}, "
+                                             f"got {text}")
+        return value
+
+    return parse
 
 
-def main(argv=None):
-    """Entry point of the ``skdigits`` console script; returns the exit code."""
+_fraction = _number(0, low_inclusive=True, below=1)
+_positive_float = _number(0, low_inclusive=False)
+_non_negative_float = _number(0, low_inclusive=True)
+
+
+def _batch_size(text):
+    if text == "auto":
+        return text
+    return _at_least(1)(text)
+
+
+# ----------------------------------------------------------------- entry point
+def _run(argv):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -863,22 +1080,27 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return args.handler(args)
+    except Interrupted as exc:
+        print(f"\nskdigits {args.command}: interrupted; {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except UserError as exc:
         print(f"skdigits {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except BrokenPipeError:  # e.g. `skdigits evaluate ... | head`: stop quietly
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        return EXIT_DATA
     except OSError as exc:  # e.g. a file that cannot be read or written
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"skdigits {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"skdigits {args.command}: error: {_os_error_text(exc)}", file=sys.stderr)
         return EXIT_DATA
     except KeyboardInterrupt:
         print(f"\nskdigits {args.command}: interrupted; nothing was saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def main(argv=None):
+    """Entry point of the ``skdigits`` console script; returns the exit code."""
+    try:
+        with _forgiving_streams():
+            return _run(argv)
+    except KeyboardInterrupt:  # e.g. while Python is still importing NumPy
+        print("\nskdigits: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

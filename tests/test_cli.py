@@ -2,8 +2,11 @@
 
 All data is generated here: scikit-learn's 8 x 8 digits upscaled to Kaggle's
 28 x 28 CSV layout, and PNG folders written with Pillow (dark ink on paper).
+Any warning that reaches pytest fails the test: the command shows the
+estimator's warnings itself, and tests that expect one catch it.
 """
 
+import errno
 import io
 import os
 import pickle
@@ -24,13 +27,23 @@ from sklearn.datasets import load_digits
 from sklearn.pipeline import Pipeline
 
 import skdigits
+import skdigits.data.datasets
 from skdigits import NumpyCNNClassifier, NumpyMLPClassifier, cli
-from skdigits.data import ImageTransformer, load_image_folder
+from skdigits.data import ImageTransformer, _atomic, load_image_folder
 from skdigits.persistence import load_model, save_model
+from conftest import write_kaggle_csv
+
+pytestmark = pytest.mark.filterwarnings("error")
 
 REPO = Path(skdigits.__file__).resolve().parent.parent
-PIXELS = ",".join(f"pixel{i}" for i in range(784))
 FAST = ["--hidden", "16", "--epochs", "3", "--random-state", "0"]
+posix_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX SIGINT semantics")
+
+
+def repo_env():
+    """The environment for a subprocess that imports this checkout of skdigits."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
 
 
 # ----------------------------------------------------------------- data
@@ -42,16 +55,6 @@ def upscaled_digits(n, offset=0):
     canvas = np.zeros((len(images), 28, 28))
     canvas[:, 2:26, 2:26] = big
     return np.round(canvas * (255 / 16)).astype(np.uint8), labels
-
-
-def write_csv(path, images, labels=None):
-    rows = images.reshape(len(images), -1)
-    lines = [("label," if labels is not None else "") + PIXELS]
-    for i, row in enumerate(rows):
-        values = ",".join(map(str, row))
-        lines.append(values if labels is None else f"{labels[i]},{values}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def write_folder(root, images, labels, nested=False):
@@ -76,9 +79,9 @@ def data(tmp_path_factory):
     keep = np.isin(test_labels, [3, 5, 7])
     paths = types.SimpleNamespace(
         root=root,
-        train=write_csv(root / "train.csv", train_images, train_labels),
-        test=write_csv(root / "test.csv", test_images),
-        labelled=write_csv(root / "labelled.csv", test_images, test_labels),
+        train=write_kaggle_csv(root / "train.csv", train_images, train_labels),
+        test=write_kaggle_csv(root / "test.csv", test_images),
+        labelled=write_kaggle_csv(root / "labelled.csv", test_images, test_labels),
         folder=write_folder(root / "folder", test_images[keep], test_labels[keep], nested=True),
         n_test=len(test_labels),
     )
@@ -113,10 +116,8 @@ def model(data):
 
 # ----------------------------------------------------------------- help and usage
 def test_python_m_help():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     result = subprocess.run([sys.executable, "-m", "skdigits", "--help"], capture_output=True,
-                            text=True, env=env, timeout=60)
+                            text=True, env=repo_env(), timeout=60)
     assert result.returncode == 0
     for command in ("compare", "train", "predict", "evaluate"):
         assert command in result.stdout
@@ -169,11 +170,14 @@ def test_train_csv(capsys, data, tmp_path):
     clf = model[-1]
     assert isinstance(clf, NumpyMLPClassifier)
     assert clf.hidden_layer_sizes == (16,) and clf.max_iter == 3
-    assert len(clf.validation_scores_) == len(clf.loss_curve_) == clf.n_iter_ == 3
+    assert len(clf.loss_curve_) == clf.n_iter_ == 3
     assert not hasattr(clf, "_skl_callbacks")  # the progress display is not saved
+    # Only the estimator writes fitted attributes: without early_stopping it has none.
+    assert clf.validation_scores_ is None
     # the reported accuracy is the last per-epoch validation score
     reported = float(out.split("Validation accuracy: ")[1].split()[0])
-    assert reported == pytest.approx(clf.validation_scores_[-1], abs=1e-4)
+    last_epoch = [line for line in err.splitlines() if line.startswith("epoch")][-1]
+    assert f"val {reported:.4f}" in last_epoch
 
 
 def test_train_without_validation(capsys, data, tmp_path):
@@ -183,6 +187,31 @@ def test_train_without_validation(capsys, data, tmp_path):
     assert "all 300 for training" in out and "Validation accuracy" not in out
     assert "val " not in err
     assert load_model(tmp_path / "m.skops")[-1].validation_scores_ is None
+
+
+def test_train_reports_how_it_stopped_and_each_warning_once(capsys, data, tmp_path):
+    code, out, err = run(capsys, "train", data.train, "-o", tmp_path / "m.skops", *FAST)
+    assert code == 0
+    assert "Trained 3 epochs in " in out and "(stopped by --epochs)" in out
+    # The estimator's own ConvergenceWarning text, once; no advice of our own.
+    warned = [line for line in err.splitlines() if line.startswith("Warning: ")]
+    assert len(warned) == 1 and "Maximum iterations (3) reached" in warned[0]
+
+
+def test_diverging_training_is_an_error_and_saves_nothing(capsys, data, tmp_path):
+    """--learning-rate 1e6 once saved a 10%-accurate model with "more --epochs may help"."""
+    path = tmp_path / "d.skops"
+    path.write_bytes(b"an earlier model")
+    code, out, err = run(capsys, "train", data.train, "-o", path, "--learning-rate", "1e6",
+                         "--epochs", "3")
+    assert code == 1
+    assert "Traceback" not in err and "more --epochs" not in err + out
+    assert err.count("Training is diverging") == 1  # the estimator's warning, once
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("skdigits train: error: training diverged")
+    assert "--learning-rate" in last and "not saved" in last
+    assert "Saved" not in out
+    assert path.read_bytes() == b"an earlier model"
 
 
 def test_train_npz_and_image_folder(capsys, data, tmp_path):
@@ -215,7 +244,7 @@ def test_train_options_reach_the_estimator(capsys, data, tmp_path):
 
 def test_train_cnn(capsys, data, tmp_path, monkeypatch):
     images, labels = upscaled_digits(40)
-    small = write_csv(tmp_path / "small.csv", images, labels)
+    small = write_kaggle_csv(tmp_path / "small.csv", images, labels)
     code, out, err = run(capsys, "train", small, "-o", tmp_path / "cnn.skops",
                          "--model", "cnn", "--epochs", "1", "--validation", "0")
     assert code == 0, err
@@ -248,9 +277,6 @@ def test_train_data_errors_exit_1(capsys, data, tmp_path, make_argv, fragments):
 
 
 # ----------------------------------------------------------------- Ctrl-C
-posix_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX SIGINT semantics")
-
-
 @posix_signals
 def test_ctrl_c_during_train_saves_the_model(capsys, data, tmp_path, monkeypatch):
     """A real SIGINT to this process after epoch 2: the estimator's handler
@@ -278,7 +304,7 @@ def test_ctrl_c_during_train_saves_the_model(capsys, data, tmp_path, monkeypatch
     assert f"Interrupted: saved the model trained so far to {path}" in out
     assert "Traceback" not in err
     clf = load_model(path)[-1]
-    assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 2 and len(clf.validation_scores_) == 2
+    assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 2 and clf.stop_reason_ == "interrupted"
     assert load_model(path).predict(np.zeros((1, 784))).shape == (1,)
 
 
@@ -286,8 +312,7 @@ def test_ctrl_c_during_train_saves_the_model(capsys, data, tmp_path, monkeypatch
 def test_ctrl_c_in_a_terminal_process(data, tmp_path):
     """`python -m skdigits train`, Ctrl-C (SIGINT) once the first epoch is reported."""
     path = tmp_path / "m.skops"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    env = repo_env()
     with subprocess.Popen(
             [sys.executable, "-m", "skdigits", "train", str(data.train), "-o", str(path),
              "--hidden", "256", "--epochs", "5000", "--batch-size", "16"],
@@ -313,34 +338,150 @@ def test_ctrl_c_outside_training_saves_nothing(capsys, data, tmp_path, monkeypat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "read_labelled", interrupted)
+    monkeypatch.setattr(skdigits.data.datasets, "read_labelled", interrupted)
     code, _, err = run(capsys, "train", data.train, "-o", tmp_path / "m.skops")
     assert code == 130
     assert "interrupted; nothing was saved" in err
     assert not (tmp_path / "m.skops").exists()
 
 
-# ----------------------------------------------------------------- progress display
-def test_progress_bar_on_a_terminal():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
+@posix_signals
+def test_ctrl_c_during_the_final_validation_still_saves(capsys, data, tmp_path, monkeypatch):
+    """Once training is over, a Ctrl-C (say, a second press) no longer loses the model."""
+    state = {"fitted": False, "sent": 0}
+    real_fit, real_predict = NumpyMLPClassifier.fit, NumpyMLPClassifier.predict
 
-    stream = Terminal()
-    progress = cli.EpochProgress(stream)
-    root = types.SimpleNamespace(task_name="fit", max_subtasks=4)
+    def fit(self, *args, **kwargs):
+        result = real_fit(self, *args, **kwargs)
+        state["fitted"] = True
+        return result
+
+    def predict(self, X):
+        if state["fitted"] and not state["sent"]:  # the held-out accuracy after training
+            state["sent"] += 1
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_predict(self, X)
+
+    monkeypatch.setattr(NumpyMLPClassifier, "fit", fit)
+    monkeypatch.setattr(NumpyMLPClassifier, "predict", predict)
+    path = tmp_path / "m.skops"
+    code, out, err = run(capsys, "train", data.train, "-o", path, *FAST)
+    assert state["sent"] == 1
+    assert code == 130, err
+    assert "finishing the save" in err and "Traceback" not in err
+    assert "Validation accuracy" in out
+    assert f"Interrupted: saved the model trained so far to {path}" in out
+    assert load_model(path)[-1].n_iter_ == 3
+
+
+def interrupt_save(monkeypatch, presses):
+    """Press Ctrl-C `presses` times as save_model starts."""
+    import skdigits.persistence
+
+    real_save = skdigits.persistence.save_model
+
+    def save_model(model, path):
+        for _ in range(presses):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(model, path)
+
+    monkeypatch.setattr(skdigits.persistence, "save_model", save_model)
+
+
+@posix_signals
+def test_one_ctrl_c_during_the_save_finishes_it(capsys, data, tmp_path, monkeypatch):
+    interrupt_save(monkeypatch, presses=1)
+    path = tmp_path / "m.skops"
+    code, out, err = run(capsys, "train", data.train, "-o", path, *FAST)
+    assert code == 130
+    assert f"finishing the save of {path}" in err
+    assert f"Interrupted: saved the model trained so far to {path}" in out
+    assert load_model(path)[-1].n_iter_ == 3
+
+
+@posix_signals
+def test_a_second_ctrl_c_abandons_the_save_and_keeps_the_old_file(capsys, data, tmp_path,
+                                                                   monkeypatch):
+    interrupt_save(monkeypatch, presses=2)
+    path = tmp_path / "m.skops"
+    path.write_bytes(b"the previous model")
+    code, out, err = run(capsys, "train", data.train, "-o", path, *FAST)
+    assert code == 130
+    last = err.strip().splitlines()[-1]
+    assert last == f"skdigits train: interrupted; the save was abandoned: {path} keeps its " \
+                   "previous content"
+    assert path.read_bytes() == b"the previous model"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_importing_the_entry_point_loads_nothing_heavy():
+    """`skdigits` answers Ctrl-C from its first moments: NumPy and the rest load inside main."""
+    code = ("import sys, skdigits.cli, skdigits.__main__\n"
+            "heavy = {'numpy', 'scipy', 'sklearn', 'pandas', 'PIL', 'skops', 'matplotlib'}\n"
+            "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=repo_env(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@posix_signals
+@pytest.mark.parametrize("argv, module", [(["train", "train.csv", "-o", "m.skops"], "numpy"),
+                                          (["compare"], "sklearn")])
+def test_ctrl_c_while_importing_is_one_line_and_exit_130(argv, module, tmp_path):
+    """The console script's own steps, with Ctrl-C landing as NumPy or scikit-learn load."""
+    code = (
+        "import sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] == {module!r}:\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "from skdigits.cli import main\n"
+        f"sys.exit(main({argv!r}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=repo_env(), cwd=tmp_path, timeout=60)
+    assert result.returncode == 130, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0], result.stderr
+
+
+# ----------------------------------------------------------------- progress display
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def feed_epochs(progress, losses, total=4, fitted=None):
+    """Drive `progress` through scikit-learn's callback hooks as a fit would."""
+    root = types.SimpleNamespace(task_name="fit", max_subtasks=total)
     epoch = types.SimpleNamespace(task_name="epoch")
     progress.setup(None, root)
-    for loss in (0.9, 0.5):
+    for loss in losses:
         progress.on_fit_task_begin(None, epoch)
-        progress.on_fit_task_end(None, epoch, metadata={"loss": loss})
+        progress.on_fit_task_end(None, epoch, metadata={"loss": loss}, fitted_estimator=fitted)
     progress.on_fit_task_end(None, root, metadata=None)
     progress.teardown(None, root)
+
+
+def test_progress_bar_on_a_terminal_is_rich():
+    pytest.importorskip("rich")
+    stream = Terminal()
+    progress = cli.EpochProgress(stream)
+    feed_epochs(progress, (0.9, 0.5))
     text = stream.getvalue()
-    frames = text.split("\r")
-    assert frames[1].startswith("epoch 1/4 [" + "-" * 24 + "]")
-    assert "epoch 2/4 [" + "#" * 12 + "-" * 12 + "]  loss 0.5000" in text
-    assert "left" in frames[-1] and text.endswith("\n")
+    assert "epoch 2/4" in text and "loss 0.5000" in text
+    assert "\u2501" in text  # rich's bar
+    assert progress.losses == [0.9, 0.5]
+
+
+def test_progress_on_a_terminal_without_rich_is_plain_lines(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    monkeypatch.setitem(sys.modules, "rich.progress", None)
+    stream = Terminal()
+    feed_epochs(cli.EpochProgress(stream), (0.9, 0.5))
+    assert stream.getvalue().splitlines()[1].startswith("epoch 2/4  loss 0.5000  ")
 
 
 def test_progress_lines_elsewhere():
@@ -348,12 +489,10 @@ def test_progress_lines_elsewhere():
     X_val, y_val = np.zeros((4, 2)), np.array([1, 1, 0, 1])
     fitted = types.SimpleNamespace(predict=lambda X: np.ones(len(X), int))
     progress = cli.EpochProgress(stream, X_val, y_val)
-    progress.setup(None, types.SimpleNamespace(task_name="fit", max_subtasks=10))
-    progress.on_fit_task_end(None, types.SimpleNamespace(task_name="epoch"),
-                             metadata={"loss": 1.25}, fitted_estimator=fitted)
+    feed_epochs(progress, (1.25,), total=10, fitted=fitted)
     line = stream.getvalue()
     assert line.startswith("epoch  1/10  loss 1.2500  val 0.7500  ") and line.endswith(" s\n")
-    assert "\r" not in line and progress.scores == [0.75]
+    assert "\r" not in line and "\x1b" not in line and progress.scores == [0.75]
 
 
 # ----------------------------------------------------------------- predict
@@ -492,3 +631,229 @@ def test_compare_plot_folder_checked_first(capsys, data, tmp_path):
     code, out, err = run(capsys, "compare", data.train, "--plot", tmp_path / "no" / "c.png")
     assert code == 1 and out == ""
     assert_one_line_error(err, "does not exist")
+
+
+# ----------------------------------------------------------------- outputs never overwrite inputs
+@pytest.mark.parametrize("make_argv, victim", [
+    (lambda d, m, t: ["predict", t / "test.csv", "-m", m, "-o", t / "test.csv"], "test.csv"),
+    (lambda d, m, t: ["predict", t / "test.csv", "-m", m, "-o", m], "model"),
+    (lambda d, m, t: ["predict", t / "test.csv", "-m", m, "-o", t / "." / "test.csv"],
+     "test.csv"),
+    (lambda d, m, t: ["train", t / "train.csv", "-o", t / "train.csv"], "train.csv"),
+    (lambda d, m, t: ["train", t / "train.csv", "-o", t / "link.csv"], "train.csv"),
+    (lambda d, m, t: ["train", t / "train.csv", "-o", t / "hard.csv"], "train.csv"),
+    (lambda d, m, t: ["compare", t / "train.csv", "--plot", t / "train.csv"], "train.csv"),
+], ids=["predict-data", "predict-model", "predict-dot-path", "train-data", "train-symlink",
+        "train-hardlink", "compare-plot"])
+def test_an_output_that_is_an_input_is_refused(capsys, data, model, tmp_path, make_argv,
+                                               victim):
+    import shutil
+
+    for name in ("train.csv", "test.csv"):
+        shutil.copy(getattr(data, name.split(".")[0]), tmp_path / name)
+    own_model = tmp_path / "model.skops"
+    shutil.copy(model, own_model)
+    if hasattr(os, "symlink"):
+        os.symlink(tmp_path / "train.csv", tmp_path / "link.csv")
+    os.link(tmp_path / "train.csv", tmp_path / "hard.csv")
+    path = own_model if victim == "model" else tmp_path / victim
+    before = path.read_bytes()
+    code, out, err = run(capsys, *make_argv(data, own_model, tmp_path))
+    assert code == 2
+    assert_one_line_error(err, "is the input", "choose another file name")
+    assert path.read_bytes() == before
+
+
+# ----------------------------------------------------------------- a full disk
+def fill_the_disk(monkeypatch, full_folder):
+    """Make every atomic write into `full_folder` fail with ENOSPC as it is flushed."""
+    full_fds = set()
+    real_create, real_fsync = _atomic._create_temp_file, os.fsync
+
+    def create(directory, basename):
+        fd, tmp = real_create(directory, basename)
+        if Path(directory) == Path(full_folder):
+            full_fds.add(fd)
+        return fd, tmp
+
+    def fsync(fd):
+        if fd in full_fds:
+            full_fds.discard(fd)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(_atomic, "_create_temp_file", create)
+    monkeypatch.setattr(_atomic.os, "fsync", fsync)
+
+
+def test_full_disk_names_the_file_and_keeps_the_model_elsewhere(capsys, data, tmp_path,
+                                                                monkeypatch):
+    import tempfile
+
+    full, spare = tmp_path / "full", tmp_path / "spare"
+    full.mkdir()
+    spare.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spare))
+    fill_the_disk(monkeypatch, full)
+    code, out, err = run(capsys, "train", data.train, "-o", full / "m.skops", *FAST)
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"skdigits train: error: -o {full / 'm.skops'}: cannot write")
+    assert os.strerror(errno.ENOSPC) in last
+    saved = list(spare.glob("skdigits-*/m.skops"))
+    assert len(saved) == 1 and str(saved[0]) in last
+    assert load_model(saved[0]).predict(np.zeros((1, 784))).shape == (1,)
+    assert list(full.iterdir()) == []  # no temporary file left behind
+
+
+def test_full_disk_everywhere_says_the_model_is_lost(capsys, data, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))  # mkdtemp fails
+    fill_the_disk(monkeypatch, tmp_path)
+    code, _, err = run(capsys, "train", data.train, "-o", tmp_path / "m.skops", *FAST)
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert f"-o {tmp_path / 'm.skops'}: cannot write" in last and "lost" in last
+
+
+def test_full_disk_during_predict_names_the_file(capsys, data, model, tmp_path, monkeypatch):
+    fill_the_disk(monkeypatch, tmp_path)
+    for argv in (["predict", data.test], ["predict", data.folder]):
+        code, _, err = run(capsys, *argv, "-m", model, "-o", tmp_path / "o.csv")
+        assert code == 1
+        assert_one_line_error(err, f"-o {tmp_path / 'o.csv'}", os.strerror(errno.ENOSPC))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------- bad images among many
+@pytest.fixture
+def folder_with_bad_images(data, tmp_path):
+    import shutil
+
+    root = shutil.copytree(data.folder, tmp_path / "folder")
+    for i in range(8):
+        (root / "3" / f"broken_{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+def test_skip_bad_images_when_training_and_evaluating(capsys, folder_with_bad_images,
+                                                      tmp_path):
+    argv = ["train", folder_with_bad_images, "-o", tmp_path / "m.skops", "--validation", "0",
+            *FAST]
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert_one_line_error(err, "broken_0.png")
+    code, out, err = run(capsys, *argv, "--skip-bad-images")
+    assert code == 0, err
+    lines = err[err.index("Warning: "):].splitlines()
+    warned = lines[:next(i for i, line in enumerate(lines) if line.startswith("epoch"))]
+    assert "skipped 8 item(s)" in warned[0]
+    assert len(warned) <= 7 and warned[-1] == "  ... and 4 more"  # summarised
+    assert err.count("load_image_folder skipped") == 1
+    code, out, err = run(capsys, "evaluate", folder_with_bad_images, "-m", tmp_path / "m.skops",
+                         "--skip-bad-images")
+    assert code == 0 and "Accuracy: " in out and "skipped 8" in err
+
+
+def test_skip_bad_images_when_predicting(capsys, folder_with_bad_images, model, tmp_path):
+    out_path = tmp_path / "labels.csv"
+    code, _, err = run(capsys, "predict", folder_with_bad_images, "-m", model, "-o", out_path)
+    assert code == 1 and "broken_" in err and not out_path.exists()
+    code, out, err = run(capsys, "predict", folder_with_bad_images, "-m", model, "-o", out_path,
+                         "--skip-bad-images")
+    assert code == 0, err
+    names = [line.rsplit(",", 1)[0] for line in out_path.read_text().splitlines()[1:]]
+    good = [p for p in folder_with_bad_images.rglob("*.png") if not p.name.startswith(".")
+            and not p.name.startswith("broken_")]
+    assert sorted(names) == sorted(str(p) for p in good)
+    assert "skipped 8 image file(s)" in err and f"Wrote {len(good)} predictions" in out
+
+
+# ----------------------------------------------------------------- plots
+def test_plots_without_matplotlib_say_how_to_install_it(capsys, data, model, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, _, err = run(capsys, "evaluate", data.labelled, "-m", model, "--plots", tmp_path)
+    assert code == 1
+    # quoted for zsh, and the form that works in a source checkout
+    assert_one_line_error(err, 'pip install "skdigits[plot]"', 'pip install ".[plot]"')
+
+
+def run_into_a_closed_pipe(argv, *python_options):
+    """Run `python -m skdigits ARGV` with stdout a pipe whose reader has already gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, *python_options, "-m", "skdigits", *map(str, argv)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              env=repo_env(), timeout=120)
+    finally:
+        os.close(write_end)
+
+
+def test_evaluate_plots_into_a_closed_pipe_still_saves_them(data, model, tmp_path):
+    """`skdigits evaluate ... --plots DIR | head -2`: the reader has gone; the plots still come.
+
+    Unbuffered (-u), the first line already meets the closed pipe.
+    """
+    result = run_into_a_closed_pipe(["evaluate", data.labelled, "-m", model, "--plots",
+                                     tmp_path / "plots"], "-u")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    for name in ("confusion_matrix.png", "learning_curves.png", "misclassified.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_buffered_output_into_a_closed_pipe_ends_quietly(data, model):
+    """Buffered (no -u), the work finishes and the lost output is not mentioned."""
+    result = run_into_a_closed_pipe(["evaluate", data.labelled, "-m", model])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+# ----------------------------------------------------------------- the data readers
+def test_data_reader_examples_run():
+    import doctest
+
+    result = doctest.testmod(skdigits.data.datasets)
+    assert result.failed == 0 and result.attempted >= 10
+
+
+def hostile_npz(path, shape):
+    """An .npz whose X_train header declares `shape` (float64) over a few bytes of data."""
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    labels = io.BytesIO()
+    np.save(labels, np.arange(3))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("X_train.npy", header.getvalue() + b"\0" * 64)
+        archive.writestr("y_train.npy", labels.getvalue())
+    return path
+
+
+def test_an_npz_declaring_a_huge_array_is_refused_before_allocating(capsys, tmp_path):
+    path = hostile_npz(tmp_path / "bomb.npz", (10**7, 784))  # 62.7 GB declared in 400 bytes
+    code, _, err = run(capsys, "train", path, "-o", tmp_path / "m.skops")
+    assert code == 1
+    assert_one_line_error(err, "bomb.npz", "X_train", "MAX_NPZ_ARRAY_BYTES")
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: np.save(p.with_suffix(".npy"), np.zeros((2, 784))) or
+     p.with_suffix(".npy").rename(p), "single array"),
+    (lambda p: np.savez(p, X_train=np.zeros((3, 784)), y_train=np.zeros((3, 2))), "shape"),
+    (lambda p: np.savez(p, X_train=np.array(["a", "b"]), y_train=np.arange(2)), "numeric"),
+    (lambda p: np.savez(p, images=np.zeros((3, 784))), "expected arrays"),
+    (lambda p: hostile_npz(p, (3, 784)), "cannot read"),  # declared 3 rows, holds 8 values
+    (lambda p: p.write_bytes(b"PK\x03\x04 not really a zip"), "not a readable .npz"),
+])
+def test_unusable_npz_files_are_named(capsys, tmp_path, make, fragment):
+    path = tmp_path / "data.npz"
+    make(path)
+    code, _, err = run(capsys, "train", path, "-o", tmp_path / "m.skops")
+    assert code == 1
+    assert_one_line_error(err, "data.npz", fragment)
