@@ -367,7 +367,9 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
         reason = loop.fit(1 if incremental else self.max_iter)
         if incremental and reason == "max_iter":
             self._history.stop_reason = "partial_fit"
-        elif reason == "max_iter":
+        elif reason == "max_iter" and schedule is None:
+            # With a schedule, max_iter is the plan the step size follows to
+            # its end, not a budget cut short: no warning.
             warnings.warn(
                 "Stochastic Optimizer: Maximum iterations (%d) reached and the "
                 "optimization hasn't converged yet." % self.max_iter,

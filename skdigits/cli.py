@@ -421,8 +421,9 @@ class EpochProgress:
     def on_fit_task_end(self, estimator, context, *, metadata=None, fitted_estimator=None):
         if getattr(context, "task_name", None) != "epoch":
             return False
-        loss = (metadata or {}).get("loss")
-        self.losses.append(math.nan if loss is None else float(loss))
+        # The epoch's loss is on the snapshot, as on any fitted estimator.
+        curve = getattr(fitted_estimator, "loss_curve_", None)
+        self.losses.append(float(curve[-1]) if curve else math.nan)
         if self.X_val is not None and fitted_estimator is not None:
             predicted = fitted_estimator.predict(self.X_val)
             self.scores.append(float((predicted == self.y_val).mean()))

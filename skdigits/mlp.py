@@ -96,7 +96,9 @@ class NumpyMLPClassifier(BaseNetClassifier):
         it along a cosine; epochs without ``tol`` improvement count towards
         ``n_iter_no_change`` only after that warm-up.  It multiplies whatever
         ``learning_rate`` does (which keeps its scikit-learn meaning); None
-        leaves the step size exactly as MLPClassifier's.
+        leaves the step size exactly as MLPClassifier's.  A scheduled fit
+        that runs all ``max_iter`` epochs has completed its plan: it does not
+        warn that it has not converged (``stop_reason_`` is still 'max_iter').
     batch_norm : bool, default=False
         Normalise each hidden layer's pre-activations over the mini-batch
         (Ioffe & Szegedy, 2015), with learned scale and shift, and with

@@ -457,9 +457,15 @@ def feed_epochs(progress, losses, total=4, fitted=None):
     root = types.SimpleNamespace(task_name="fit", max_subtasks=total)
     epoch = types.SimpleNamespace(task_name="epoch")
     progress.setup(None, root)
+    curve = []
     for loss in losses:
+        curve.append(loss)
+        # The snapshot scikit-learn hands over carries the loss curve so far.
+        snapshot = types.SimpleNamespace(loss_curve_=list(curve),
+                                         predict=getattr(fitted, "predict", None))
         progress.on_fit_task_begin(None, epoch)
-        progress.on_fit_task_end(None, epoch, metadata={"loss": loss}, fitted_estimator=fitted)
+        progress.on_fit_task_end(None, epoch, metadata=None,
+                                 fitted_estimator=snapshot)
     progress.on_fit_task_end(None, root, metadata=None)
     progress.teardown(None, root)
 

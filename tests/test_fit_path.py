@@ -425,3 +425,13 @@ def test_augment_needs_mini_batches_or_a_known_preset(digits, augment):
         return
     with pytest.raises(ValueError, match="augment=.* needs mini-batches"):
         NumpyMLPClassifier(solver="lbfgs", augment=augment).fit(X, y)
+
+
+def test_a_schedule_run_to_its_end_does_not_warn(digits):
+    X, y = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf = NumpyMLPClassifier(max_iter=3, lr_schedule="cosine", **SMALL_MLP).fit(X, y)
+    assert clf.stop_reason_ == "max_iter" and clf.n_iter_ == 3
+    with pytest.warns(ConvergenceWarning):
+        NumpyMLPClassifier(max_iter=3, **SMALL_MLP).fit(X, y)
