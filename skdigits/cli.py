@@ -831,6 +831,9 @@ def build_parser():
     p.add_argument("-m", "--model", required=True, metavar="MODEL", help="saved model file")
     p.add_argument("--plots", metavar="DIR", help="folder for the PNG files (created if needed)")
     p.set_defaults(handler=evaluate)
+
+    from . import serve  # `skdigits serve`: its web libraries load only when it runs
+    serve.add_parser(commands).set_defaults(handler=serve.run)
     return parser
 
 
