@@ -311,6 +311,35 @@ def test_loopback_and_allowed_hosts():
     assert allowed_hosts_for("0.0.0.0") is None
 
 
+def test_connections_send_without_waiting_for_acks():
+    # asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without
+    # it the JSON body waited for the browser's delayed ACK (+40 ms per answer).
+    import asyncio
+    import socket
+
+    from skdigits.serve import bind
+
+    listener = bind("127.0.0.1", 0)
+
+    async def accepted_nodelay():
+        got = asyncio.get_running_loop().create_future()
+
+        async def handler(reader, writer):
+            got.set_result(writer.get_extra_info("socket").getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handler, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        try:
+            return await asyncio.wait_for(got, 30)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
 def test_serve_is_listed_and_its_help_works(capsys):
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
