@@ -35,7 +35,7 @@ pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installe
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1100,800",
+                  "--disable-component-update", "--disable-sync", "--window-size=1100,940",
                   "--force-device-scale-factor=1")
 MAX_BYTES = 256 * 1024   # small limits for the test server, so the test files stay small
 MAX_PIXELS = 2000 * 2000

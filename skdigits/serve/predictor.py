@@ -115,11 +115,14 @@ def decode_image(data, *, max_bytes=DEFAULT_MAX_BYTES, max_pixels=MAX_IMAGE_PIXE
 
 def too_many_bytes_message(n_bytes, max_bytes):
     """The page's text for an upload over the byte limit (``n_bytes`` may be a lower bound)."""
-    return (f"refused: the file is larger than the limit of {_megabytes(max_bytes)}"
-            + ("" if n_bytes is None else f" ({_megabytes(n_bytes)})"))
+    return (f"refused: the file is larger than the limit of {format_size(max_bytes)}"
+            + ("" if n_bytes is None else f" ({format_size(n_bytes)})"))
 
 
-def _megabytes(n_bytes):
+def format_size(n_bytes):
+    """``'256 kB'`` below a megabyte, ``'10.0 MB'`` from there (1 MB = 2**20 bytes)."""
+    if n_bytes < 2**20:
+        return f"{n_bytes / 2**10:.0f} kB"
     return f"{n_bytes / 2**20:.1f} MB"
 
 
@@ -167,16 +170,15 @@ class DigitPredictor:
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from sklearn.pipeline import make_pipeline
-    >>> from skdigits import ImageTransformer, NumpyMLPClassifier
-    >>> rng = np.random.default_rng(0)
-    >>> images = rng.integers(0, 256, size=(20, 28, 28)).astype(np.uint8)
-    >>> model = make_pipeline(ImageTransformer(), NumpyMLPClassifier(
-    ...     (8,), max_iter=2, random_state=0)).fit(images, np.arange(20) % 2)
-    >>> predictor = DigitPredictor(model)
-    >>> predictor.input_side, predictor.uses_model_preprocessing
-    (28, True)
+    >>> from sklearn.datasets import load_digits
+    >>> from skdigits import NumpyMLPClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = NumpyMLPClassifier((16,), tol=1e-2, random_state=0).fit(X / 16, y)
+    >>> predictor = DigitPredictor(clf)   # no ImageTransformer: 8 x 8 MNIST-style input
+    >>> predictor.input_shape, predictor.uses_model_preprocessing
+    ((8, 8), False)
+    >>> predictor.describe()["layers"]
+    ['64 inputs', 'dense 16, relu', 'dense 10, softmax']
     """
 
     def __init__(self, model, source="model"):

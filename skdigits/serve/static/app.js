@@ -163,7 +163,7 @@
     if (file.size > limit) {
       // Refused here too, so a huge file is not even sent.
       fail(`${file.name}: refused: the file is larger than the limit of ` +
-           `${(limit / 1048576).toFixed(1)} MB (${(file.size / 1048576).toFixed(1)} MB)`);
+           `${size(limit)} (${size(file.size)})`);
       return;
     }
     if (await predict(file, gen)) {
@@ -198,6 +198,11 @@
   function fail(text) {
     showNothing();
     say(text, true);
+  }
+
+  function size(bytes) {  // as the server words it: kB below 1 MB (1 MB = 2**20 bytes)
+    return bytes < 1048576 ? `${(bytes / 1024).toFixed(0)} kB`
+                           : `${(bytes / 1048576).toFixed(1)} MB`;
   }
 
   function percent(p) {
@@ -302,7 +307,7 @@
       ["Input", `${info.input_shape.join(" x ")} pixels; ` +
                 (info.model_preprocessing ? "preprocessed by the model's own ImageTransformer"
                                           : "MNIST-style centring done by this page")],
-      ["Uploads", `up to ${(info.limits.max_bytes / 1048576).toFixed(0)} MB and ` +
+      ["Uploads", `up to ${size(info.limits.max_bytes)} and ` +
                   `${info.limits.max_pixels.toLocaleString("en")} pixels`],
     ];
     $("model-details").replaceChildren(...rows.flatMap(([term, text]) => {
