@@ -25,6 +25,7 @@ from PIL import Image
 pytest.importorskip("starlette", reason="the serve extra (starlette) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Perceptron
 from sklearn.pipeline import Pipeline
 
@@ -139,7 +140,7 @@ def test_a_blank_picture_has_no_answer(predictor):
 def test_a_model_without_image_step_gets_mnist_centring_at_its_own_size(digits):
     X, y = digits
     bare = NumpyMLPClassifier((16,), max_iter=50, random_state=0)
-    with pytest.warns(Warning):  # ConvergenceWarning: 50 epochs on purpose
+    with pytest.warns(ConvergenceWarning):  # 50 epochs on purpose
         bare.fit(X, y)
     predictor = DigitPredictor(bare, source="bare.skops")
     assert predictor.input_shape == (8, 8) and not predictor.uses_model_preprocessing
@@ -159,7 +160,7 @@ def test_models_the_page_cannot_use_are_refused_at_start(digits):
     with pytest.raises(ValueError, match="not fitted"):
         DigitPredictor(NumpyMLPClassifier())
     strip = NumpyMLPClassifier((4,), max_iter=5, random_state=0)
-    with pytest.warns(Warning):
+    with pytest.warns(ConvergenceWarning):
         strip.fit(X[:, :60], y)
     with pytest.raises(ValueError, match="60 features per digit, which is not a square"):
         DigitPredictor(strip, source="strip.skops")
