@@ -107,9 +107,11 @@ class Server:
     """`skdigits serve` in a subprocess, and a keep-alive connection to it."""
 
     def __init__(self, model_path):
+        # Its messages go to a file, never to a pipe nobody reads (which could fill up).
+        self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "skdigits", "serve", "-m", str(model_path), "--port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         for _ in range(2):
             line = self.process.stdout.readline()
@@ -117,7 +119,9 @@ class Server:
             if match:
                 break
         else:
-            raise RuntimeError(f"the server did not start: {self.process.stderr.read()}")
+            self.process.wait(timeout=30)
+            self.log.seek(0)
+            raise RuntimeError(f"the server did not start: {self.log.read()}")
         self.url, self.port = match.group(1), int(match.group(2))
         self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
 
@@ -137,6 +141,8 @@ class Server:
         self.connection.close()
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.process.stdout.close()
+        self.log.close()
 
 
 def summary(times):

@@ -391,23 +391,22 @@ def test_port_in_use_is_a_usage_error(model, tmp_path, capsys):
 
 def test_the_command_serves_until_ctrl_c(model, tmp_path):
     path = save_model(model, tmp_path / "model.skops")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "skdigits", "serve", "-m", str(path), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        lines = [process.stdout.readline() for _ in range(2)]
-        assert lines[0].startswith(f"Model: {path} (ImageTransformer -> NumpyMLPClassifier)")
-        url = re.match(r"Serving on (http://127\.0\.0\.1:\d+/)", lines[1]).group(1)
-        status, _, body = request(url, "GET", "/api/model")
-        assert status == 200 and json.loads(body)["source"] == str(path)
-        status, answer = post_image(url, scan_png(digit_pictures()[0][0]))
-        assert status == 200 and answer["label"] == "0"
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 130  # the command's code for Ctrl-C
-        err = process.stderr.read()
-        assert "Stopped (Ctrl-C)." in err and "Traceback" not in err
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with subprocess.Popen(
+            [sys.executable, "-m", "skdigits", "serve", "-m", str(path), "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)}) as process:
+        try:
+            lines = [process.stdout.readline() for _ in range(2)]
+            assert lines[0].startswith(f"Model: {path} (ImageTransformer -> NumpyMLPClassifier)")
+            url = re.match(r"Serving on (http://127\.0\.0\.1:\d+/)", lines[1]).group(1)
+            status, _, body = request(url, "GET", "/api/model")
+            assert status == 200 and json.loads(body)["source"] == str(path)
+            status, answer = post_image(url, scan_png(digit_pictures()[0][0]))
+            assert status == 200 and answer["label"] == "0"
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 130  # the command's code for Ctrl-C
+            err = process.stderr.read()
+            assert "Stopped (Ctrl-C)." in err and "Traceback" not in err
+        finally:
+            if process.poll() is None:
+                process.kill()

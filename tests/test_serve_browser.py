@@ -284,9 +284,9 @@ def test_screenshot(page, tmp_path):
     wait_for_answer(page)
     shot = tmp_path / "serve.png"
     assert page.save_screenshot(str(shot))
-    image = Image.open(shot)
-    assert image.size[0] >= 1000
-    target = os.environ.get("SKDIGITS_SCREENSHOT")
-    if target:
-        # A 64-colour palette keeps the committed picture small.
-        image.convert("RGB").quantize(64).save(Path(target), optimize=True)
+    with Image.open(shot) as image:
+        assert image.size[0] >= 1000
+        target = os.environ.get("SKDIGITS_SCREENSHOT")
+        if target:
+            # A 64-colour palette keeps the committed picture small.
+            image.convert("RGB").quantize(64).save(Path(target), optimize=True)

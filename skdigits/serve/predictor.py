@@ -205,8 +205,6 @@ class DigitPredictor:
         # model's own ImageTransformer, or the whole model.
         self.image_step, self.rest = image_step, rest
         self.input_shape = tuple(int(v) for v in image_step.size)
-        self.input_side = self.input_shape[0] if self.input_shape[0] == self.input_shape[1] \
-            else None
 
     # -------------------------------------------------------------- predict
     def predict_bytes(self, data, *, max_bytes=DEFAULT_MAX_BYTES, max_pixels=MAX_IMAGE_PIXELS):
