@@ -1,7 +1,7 @@
 """Prediction round trip of ``skdigits serve``: how fast the answer follows the pen.
 
-Three servers are started with the real command (``python -m skdigits serve
--m MODEL --port 0``), each in its own process, with the models a user would
+Servers are started with the real command (``python -m skdigits serve -m
+MODEL --port 0``), each in its own process, with the models a user would
 serve: ImageTransformer followed by
 
 * ours: ``NumpyMLPClassifier((128,))`` (what ``skdigits train`` fits),
@@ -12,8 +12,8 @@ Each is fitted briefly on up to 5,000 MNIST digits (``../shared/data/mnist.npz``
 or scikit-learn's digits upscaled when it is absent): speed does not depend
 on how well a model is trained.  The request is what the page sends while
 you draw: the 280 x 280 pad as a PNG (an MNIST test digit, dark ink on
-white).  The servers take turns, one request each per round, over one
-keep-alive connection each; the round trip is from sending the request to
+white).  The servers take turns, one request each per round in an order that
+rotates every round, over one keep-alive connection each; the round trip is from sending the request to
 having parsed the JSON answer.  The server's own share (decode, preprocess,
 model) is what it reports in each answer.
 
@@ -157,9 +157,13 @@ def measure_http(servers, payloads, n_requests, warmup=20):
     for i in range(warmup):
         for server in servers.values():
             server.predict(payloads[i % len(payloads)])
+    names = list(servers)
     for i in range(n_requests):
-        for name, server in servers.items():  # taking turns, one request each
-            elapsed, answer = server.predict(payloads[i % len(payloads)])
+        # Taking turns, one request each, in an order that rotates every round:
+        # whoever follows the slow CNN would otherwise always pay for its wake.
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            elapsed, answer = servers[name].predict(payloads[i % len(payloads)])
             rounds[name].append(elapsed)
             for part, ms in answer["timing_ms"].items():
                 parts[name][part].append(ms)
