@@ -2,7 +2,7 @@
 printing only: the data readers live in :mod:`skdigits.data.datasets`, the
 maths in the estimators and the engine.
 
-Commands: ``compare``, ``train``, ``predict``, ``evaluate`` (``skdigits
+Commands: ``compare``, ``train``, ``predict``, ``evaluate``, ``serve`` (``skdigits
 COMMAND --help`` for each).  Results go to stdout, progress and messages to
 stderr.  Exit codes:
 
@@ -1027,6 +1027,8 @@ def build_parser():
     # Each command registers its parser and handler (set_defaults(handler=...)).
     for add in (_add_compare, _add_train, _add_predict, _add_evaluate):
         add(commands)
+    from . import serve  # `skdigits serve`: its web libraries load only when it runs
+    serve.add_parser(commands).set_defaults(handler=serve.run)
     return parser
 
 
