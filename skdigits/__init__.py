@@ -2,7 +2,7 @@
 
 from .cnn import NumpyCNNClassifier
 from .data import ImageTransformer, load_digit_csv, load_image_folder, write_submission
-from .mlp import NumpyMLPClassifier
+from .mlp import NumpyMLPClassifier, NumpyMLPRegressor
 from .persistence import load_model, save_model
 
 __version__ = "0.1.0"
@@ -11,6 +11,7 @@ __all__ = [
     "ImageTransformer",
     "NumpyCNNClassifier",
     "NumpyMLPClassifier",
+    "NumpyMLPRegressor",
     "load_digit_csv",
     "load_image_folder",
     "load_model",

@@ -21,6 +21,7 @@ def _exported_estimators():
 WITH_OPTIONS = [
     skdigits.NumpyMLPClassifier(batch_norm=True, lr_schedule="one-cycle", dropout=0.2),
     skdigits.NumpyCNNClassifier(batch_norm=True, lr_schedule="cosine"),
+    skdigits.NumpyMLPRegressor(batch_norm=True, lr_schedule="one-cycle", dropout=0.2),
 ]
 
 ESTIMATORS = list(_exported_estimators()) + WITH_OPTIONS
@@ -28,7 +29,8 @@ ESTIMATORS = list(_exported_estimators()) + WITH_OPTIONS
 
 def test_every_exported_estimator_is_checked():
     names = {type(e).__name__ for e in ESTIMATORS}
-    assert {"NumpyMLPClassifier", "NumpyCNNClassifier", "ImageTransformer"} <= names
+    assert {"NumpyMLPClassifier", "NumpyMLPRegressor", "NumpyCNNClassifier",
+            "ImageTransformer"} <= names
 
 
 @parametrize_with_checks(ESTIMATORS)
