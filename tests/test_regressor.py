@@ -547,6 +547,22 @@ def test_the_classifiers_options_train_a_regressor(options):
         assert not np.allclose(reg.predict(X_test), plain.predict(X_test), rtol=1e-3)
 
 
+@pytest.mark.parametrize("n_features", [10, 64])
+def test_small_batches_gathered_in_place_train_as_prefetched_ones(monkeypatch, n_features):
+    # Regression data is often narrow: such batches are gathered on the
+    # calling thread (no hand-off to the prefetch thread); the fit must be
+    # bit-identical either way.
+    import skdigits.training.batches as batches
+
+    X, y = make_friedman1(n_samples=900, n_features=n_features, random_state=0)
+    fits = []
+    for threshold in (0, 10**9):  # always prefetch, never prefetch
+        monkeypatch.setattr(batches, "PREFETCH_MIN_VALUES", threshold)
+        fits.append(quiet(NumpyMLPRegressor(max_iter=3, batch_size=50, **SMALL).fit, X, y))
+    assert fits[0].loss_curve_ == fits[1].loss_curve_
+    assert_array_equal(fits[0]._network.params, fits[1]._network.params)
+
+
 def test_batch_norm_refuses_lbfgs():
     with pytest.raises(ValueError, match="batch_norm=True needs mini-batches"):
         NumpyMLPRegressor(batch_norm=True, solver="lbfgs").fit(X_DIABETES, Y_DIABETES)
