@@ -13,6 +13,7 @@ _EXPORTS = {
     "ImageTransformer": ".data",
     "NumpyCNNClassifier": ".cnn",
     "NumpyMLPClassifier": ".mlp",
+    "NumpyMLPRegressor": ".mlp",
     "load_digit_csv": ".data",
     "load_image_folder": ".data",
     "load_model": ".persistence",
@@ -25,7 +26,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # what static analysers and IDEs see
     from .cnn import NumpyCNNClassifier
     from .data import ImageTransformer, load_digit_csv, load_image_folder, write_submission
-    from .mlp import NumpyMLPClassifier
+    from .mlp import NumpyMLPClassifier, NumpyMLPRegressor
     from .persistence import load_model, save_model
 
 

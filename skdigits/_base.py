@@ -495,12 +495,14 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
         return validate_data(self, X, accept_sparse=["csr", "csc"], dtype="numeric",
                              reset=False, ensure_all_finite=False)
 
-    def _logits(self, X):
-        """Float64 logits for validated X; a clear error instead of inf/NaN outputs."""
+    def _logits(self, X, check_finite=True):
+        """Float64 logits for validated X; a clear error instead of inf/NaN outputs
+        (``check_finite=False``: for an early-stopping score, which records a
+        diverged network's NaN instead)."""
         with single_blas_thread() as concurrent:
             logits = predict_in_chunks(self._network, X, to_dense=_dense_rows,
                                        concurrent=concurrent).astype(np.float64)
-        if not np.all(np.isfinite(logits)):
+        if check_finite and not np.all(np.isfinite(logits)):
             bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
             raise ValueError(
                 f"The network's outputs overflowed for {len(bad)} row(s) (first: {bad[:5]}); "

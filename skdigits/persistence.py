@@ -131,13 +131,13 @@ def trusted_types():
     Returns
     -------
     names : list of str
-        Sorted fully qualified type names: the classifiers, the engine's
+        Sorted fully qualified type names: the estimators, the engine's
         network, layers and optimizers, the training history, the image
         preprocessing, and ``numpy.dtype``.
     """
     from .cnn import NumpyCNNClassifier
     from .data.images import ImageTransformer
-    from .mlp import NumpyMLPClassifier
+    from .mlp import NumpyMLPClassifier, NumpyMLPRegressor
     from .nn.conv import Conv2D, Flatten, MaxPool2D
     from .nn.layers import Activation, Dense, Dropout
     from .nn.network import Network
@@ -145,9 +145,9 @@ def trusted_types():
     from .nn.optimizers import SGD, Adam
     from .training import TrainingHistory
 
-    classes = [NumpyMLPClassifier, NumpyCNNClassifier, Network, Dense, Dropout, Conv2D,
-               MaxPool2D, Flatten, BatchNorm, Activation, Adam, SGD, TrainingHistory,
-               ImageTransformer]
+    classes = [NumpyMLPClassifier, NumpyMLPRegressor, NumpyCNNClassifier, Network, Dense,
+               Dropout, Conv2D, MaxPool2D, Flatten, BatchNorm, Activation, Adam, SGD,
+               TrainingHistory, ImageTransformer]
     return sorted({_type_name(cls) for cls in classes} | set(_NUMPY_TYPES))
 
 

@@ -22,6 +22,9 @@ WITH_OPTIONS = [
     skdigits.NumpyMLPClassifier(batch_norm=True, lr_schedule="one-cycle", dropout=0.2,
                                 augment="affine"),
     skdigits.NumpyCNNClassifier(batch_norm=True, lr_schedule="cosine", augment="elastic"),
+    # No augmentation here: distorting the checks' tabular rows as images
+    # would be noise on the targets they score against (a regressor's R^2).
+    skdigits.NumpyMLPRegressor(batch_norm=True, lr_schedule="one-cycle", dropout=0.2),
 ]
 
 ESTIMATORS = list(_exported_estimators()) + WITH_OPTIONS
@@ -29,7 +32,8 @@ ESTIMATORS = list(_exported_estimators()) + WITH_OPTIONS
 
 def test_every_exported_estimator_is_checked():
     names = {type(e).__name__ for e in ESTIMATORS}
-    assert {"NumpyMLPClassifier", "NumpyCNNClassifier", "ImageTransformer"} <= names
+    assert {"NumpyMLPClassifier", "NumpyMLPRegressor", "NumpyCNNClassifier",
+            "ImageTransformer"} <= names
 
 
 # The checks fit with few iterations and on few rows, as scikit-learn's own

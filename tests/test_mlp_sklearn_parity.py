@@ -819,6 +819,6 @@ def test_same_parameters_and_defaults_as_sklearn():
     ours = NumpyMLPClassifier().get_params()
     theirs = MLPClassifier().get_params()
     extra = {"dropout": 0.0, "class_weight": None, "dtype": "auto", "weight_init": "glorot",
-             "lr_schedule": None, "batch_norm": False}
+             "lr_schedule": None, "batch_norm": False, "augment": None, "image_shape": "auto"}
     assert {k: v for k, v in ours.items() if k not in extra} == theirs
     assert {k: ours[k] for k in extra} == extra

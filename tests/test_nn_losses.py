@@ -1,9 +1,10 @@
-"""Output functions and fused cross-entropy losses of ``skdigits.nn.losses``.
+"""Output functions and fused losses of ``skdigits.nn.losses``.
 
 Every quantity is checked against a naive formula written out here (softmax by
-``exp / sum exp``, log-loss by ``log`` of clipped probabilities) on moderate
-logits, where the naive formula is accurate, and against known closed forms on
-huge logits, where it is not.
+``exp / sum exp``, log-loss by ``log`` of clipped probabilities, the squared
+error and the Poisson deviance of ``exp(z)`` term by term) on moderate logits,
+where the naive formula is accurate, and against known closed forms on huge
+logits, where it is not.
 """
 
 import numpy as np
@@ -12,8 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from scipy.special import xlogy
+
 from skdigits.nn import LOSSES, binary_cross_entropy, log_softmax, sigmoid, softmax, softmax_cross_entropy
-from skdigits.nn.losses import log_sigmoid
+from skdigits.nn.losses import (OUTPUT_ACTIVATIONS, exp, identity, log_sigmoid, poisson_deviance,
+                                squared_error)
 
 
 # --------------------------------------------------------------- references
@@ -40,6 +44,19 @@ def naive_binary_ce(Z, Y, w=None):
     return float((w * per_sample).sum() / w.sum())
 
 
+def naive_squared_error(Z, Y, w=None):
+    per_sample = 0.5 * ((Z - Y) ** 2).sum(axis=1)
+    w = np.ones(len(Z)) if w is None else w
+    return float((w * per_sample).sum() / w.sum())
+
+
+def naive_poisson_deviance(Z, Y, w=None):
+    mu = np.exp(Z)
+    per_sample = (xlogy(Y, Y / mu) - Y + mu).sum(axis=1)
+    w = np.ones(len(Z)) if w is None else w
+    return float((w * per_sample).sum() / w.sum())
+
+
 def one_hot(labels, k):
     return np.eye(k)[labels]
 
@@ -53,10 +70,21 @@ def moderate_problem(rng, n=7, k=4, kind="softmax"):
     Z = rng.normal(scale=2.0, size=(n, k))
     if kind == "softmax":
         Y = one_hot(rng.integers(0, k, n), k)
+    elif kind == "regression":
+        Y = rng.normal(scale=3.0, size=(n, k))
+    elif kind == "counts":  # Poisson counts around exp(z), zeros included
+        Z = rng.normal(scale=0.8, size=(n, k))
+        Y = rng.poisson(np.exp(Z) + 0.2).astype(np.float64)
+        Y[0, 0] = 0.0
     else:
         Y = (rng.random((n, k)) < 0.5).astype(np.float64)
     w = rng.uniform(0.2, 3.0, n)
     return Z, Y, w
+
+
+#: Every loss with the kind of targets it takes (see moderate_problem).
+ALL_LOSSES = [(softmax_cross_entropy, "softmax"), (binary_cross_entropy, "logistic"),
+              (squared_error, "regression"), (poisson_deviance, "counts")]
 
 
 # ------------------------------------------------------ values vs naive
@@ -88,9 +116,40 @@ def test_softmax_cross_entropy_matches_sklearn_log_loss(rng):
     assert softmax_cross_entropy(Z, Y, w)[0] == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.parametrize("n_outputs", [1, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("loss_fn,kind,naive", [
+    (squared_error, "regression", naive_squared_error),
+    (poisson_deviance, "counts", naive_poisson_deviance)])
+def test_regression_losses_match_naive(rng, loss_fn, kind, naive, n_outputs, weighted):
+    Z, Y, w = moderate_problem(rng, k=n_outputs, kind=kind)
+    w = w if weighted else None
+    loss, _ = loss_fn(Z, Y, w)
+    assert isinstance(loss, float)
+    assert loss == pytest.approx(naive(Z, Y, w), rel=1e-12)
+
+
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_regression_losses_against_sklearns(rng, n_outputs):
+    from sklearn.neural_network._base import poisson_loss, squared_loss
+
+    Z, Y, w = moderate_problem(rng, n=20, k=n_outputs, kind="regression")
+    # scikit-learn averages the squared error over outputs (and follows the
+    # gradient of their sum, issue #8349); ours is the sum, whose gradient it is.
+    assert squared_error(Z, Y, w)[0] == pytest.approx(n_outputs * squared_loss(Y, Z, w),
+                                                       rel=1e-12)
+    Z, Y, w = moderate_problem(rng, n=20, k=n_outputs, kind="counts")
+    assert poisson_deviance(Z, Y, w)[0] == pytest.approx(poisson_loss(Y, np.exp(Z), w),
+                                                          rel=1e-12)
+
+
 def test_losses_registry():
     assert LOSSES["softmax"] is softmax_cross_entropy
     assert LOSSES["logistic"] is binary_cross_entropy
+    assert LOSSES["identity"] is squared_error
+    assert LOSSES["exp"] is poisson_deviance
+    # Every loss has its output function, named alike.
+    assert set(OUTPUT_ACTIVATIONS) == set(LOSSES)
 
 
 # ------------------------------------------------------------- gradients
@@ -113,8 +172,18 @@ def test_binary_gradient_is_p_minus_y_scaled(rng, n_outputs, weighted):
     np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("loss_fn,kind", [(softmax_cross_entropy, "softmax"),
-                                          (binary_cross_entropy, "logistic")])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("loss_fn,kind,output", [(squared_error, "regression", identity),
+                                                 (poisson_deviance, "counts", np.exp)])
+def test_regression_gradient_is_output_minus_y_scaled(rng, loss_fn, kind, output, weighted):
+    Z, Y, w = moderate_problem(rng, kind=kind)
+    w_eff = w if weighted else np.ones(len(Z))
+    _, grad = loss_fn(Z, Y, w if weighted else None)
+    expected = (output(Z) - Y) * w_eff[:, None] / w_eff.sum()
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("loss_fn,kind", ALL_LOSSES)
 def test_loss_gradient_matches_finite_differences(rng, loss_fn, kind):
     Z, Y, w = moderate_problem(rng, n=5, k=3, kind=kind)
     _, grad = loss_fn(Z, Y, w)
@@ -129,8 +198,7 @@ def test_loss_gradient_matches_finite_differences(rng, loss_fn, kind):
     assert rel < 1e-7
 
 
-@pytest.mark.parametrize("loss_fn,kind", [(softmax_cross_entropy, "softmax"),
-                                          (binary_cross_entropy, "logistic")])
+@pytest.mark.parametrize("loss_fn,kind", ALL_LOSSES)
 def test_gradient_written_into_given_buffer_and_logits_untouched(rng, loss_fn, kind):
     Z, Y, w = moderate_problem(rng, kind=kind)
     Z0 = Z.copy()
@@ -146,8 +214,7 @@ def test_gradient_written_into_given_buffer_and_logits_untouched(rng, loss_fn, k
 
 
 # ----------------------------------------------------------- weighting
-@pytest.mark.parametrize("loss_fn,kind", [(softmax_cross_entropy, "softmax"),
-                                          (binary_cross_entropy, "logistic")])
+@pytest.mark.parametrize("loss_fn,kind", ALL_LOSSES)
 def test_integer_weight_equals_duplicated_row(rng, loss_fn, kind):
     Z, Y, _ = moderate_problem(rng, n=6, k=3, kind=kind)
     w = np.array([1.0, 2.0, 1.0, 3.0, 1.0, 1.0])
@@ -156,8 +223,7 @@ def test_integer_weight_equals_duplicated_row(rng, loss_fn, kind):
     assert loss_fn(Z, Y, w)[0] == pytest.approx(loss_fn(Zd, Yd)[0], rel=1e-12)
 
 
-@pytest.mark.parametrize("loss_fn,kind", [(softmax_cross_entropy, "softmax"),
-                                          (binary_cross_entropy, "logistic")])
+@pytest.mark.parametrize("loss_fn,kind", ALL_LOSSES)
 def test_weighted_mean_and_weight_sum_override(rng, loss_fn, kind):
     Z, Y, w = moderate_problem(rng, kind=kind)
     per_sample = np.array([loss_fn(Z[i:i + 1], Y[i:i + 1])[0] for i in range(len(Z))])
@@ -277,6 +343,60 @@ def test_float32_loss_matches_float64(rng):
     b32, h32 = binary_cross_entropy(Zb.astype(np.float32), Yb.astype(np.float32), w)
     assert b32 == pytest.approx(b64, rel=1e-5)
     np.testing.assert_allclose(h32, h64, rtol=1e-4, atol=1e-6)
+
+
+def test_poisson_overflow_is_an_inf_loss_without_warnings():
+    # exp(1000) overflows: the loss says so with inf (the training loop's
+    # divergence guard turns that into a clear error), quietly.
+    Z = np.array([[1000.0], [0.0]])
+    Y = np.array([[1.0], [1.0]])
+    with np.errstate(all="raise"):
+        loss, grad = poisson_deviance(Z, Y)
+        assert loss == np.inf
+        assert np.isinf(grad[0, 0]) and np.isfinite(grad[1, 0])
+        assert np.isinf(exp(Z)).any()
+
+
+def test_poisson_zero_counts_and_very_negative_logits():
+    # y = 0 contributes exp(z) (0 log 0 = 0); a logit far below the subnormal
+    # range contributes its -y z term exactly and no subnormal gradient.
+    Z = np.array([[-200.0, 0.0, 2.0], [-5000.0, 1.0, -1.0]], dtype=np.float32)
+    Y = np.array([[0.0, 0.0, 3.0], [2.0, 1.0, 0.0]], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        loss, grad = poisson_deviance(Z, Y)
+    Z64, Y64 = Z.astype(np.float64), Y.astype(np.float64)
+    expected = (xlogy(Y64, Y64) - Y64 * Z64 - Y64 + np.exp(Z64)).sum() / 2
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert grad.dtype == np.float32
+    tiny = np.finfo(np.float32).tiny
+    assert np.abs(grad)[grad != 0].min() >= tiny
+    np.testing.assert_allclose(grad[1, 0], -1.0, rtol=1e-6)  # (0 - 2) / 2
+
+
+@pytest.mark.parametrize("loss_fn,kind", [(squared_error, "regression"),
+                                          (poisson_deviance, "counts")])
+def test_float32_regression_loss_matches_float64(rng, loss_fn, kind):
+    Z, Y, w = moderate_problem(rng, kind=kind)
+    l64, g64 = loss_fn(Z, Y, w)
+    l32, g32 = loss_fn(Z.astype(np.float32), Y.astype(np.float32), w)
+    assert g32.dtype == np.float32
+    assert l32 == pytest.approx(l64, rel=1e-5)
+    np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-6)
+
+
+def test_regression_outputs(rng):
+    Z = rng.normal(size=(4, 2))
+    Z0 = Z.copy()
+    copy = identity(Z)
+    assert copy is not Z
+    np.testing.assert_array_equal(copy, Z0)
+    out = np.empty_like(Z)
+    assert identity(Z, out=out) is out
+    np.testing.assert_array_equal(out, Z0)
+    np.testing.assert_allclose(exp(Z), np.exp(Z0), rtol=1e-15)
+    np.testing.assert_array_equal(Z, Z0)  # no out: input untouched
+    assert exp(Z, out=Z) is Z
+    np.testing.assert_allclose(Z, np.exp(Z0), rtol=1e-15)
 
 
 # --------------------------------------------------------- consistency

@@ -121,6 +121,7 @@ def test_allow_list_is_explicit():
         "numpy.dtype",
         "skdigits.data.images.ImageTransformer",
         "skdigits.mlp.NumpyMLPClassifier",
+        "skdigits.mlp.NumpyMLPRegressor",
         "skdigits.nn.conv.Conv2D",
         "skdigits.nn.conv.Flatten",
         "skdigits.nn.conv.MaxPool2D",
@@ -153,6 +154,19 @@ def test_every_engine_layer_is_trusted():
     ours = {f"{c.__module__}.{c.__qualname__}" for c in subclasses(Layer)
             if c.__module__.startswith("skdigits.")}
     assert ours <= set(trusted_types())
+
+
+def test_every_exported_estimator_is_trusted():
+    """A new estimator must be added to the allow-list (or its model files
+    could be saved but never loaded)."""
+    import skdigits
+    from sklearn.base import BaseEstimator
+
+    objects = (getattr(skdigits, name) for name in skdigits.__all__)
+    exported = {f"{obj.__module__}.{obj.__qualname__}" for obj in objects
+                if isinstance(obj, type) and issubclass(obj, BaseEstimator)}
+    assert "skdigits.mlp.NumpyMLPRegressor" in exported
+    assert exported <= set(trusted_types())
 
 
 def test_saved_pipeline_needs_nothing_beyond_the_allow_list(digits):

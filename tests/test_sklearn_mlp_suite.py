@@ -1,9 +1,12 @@
 """scikit-learn's own MLP tests, run against our estimators.
 
 The installed scikit-learn's ``neural_network/tests/test_mlp.py`` is copied
-with its import of ``MLPClassifier`` pointed at :class:`NumpyMLPClassifier`
-and run in a fresh pytest process.  Tests of scikit-learn's private
-internals are deselected, each with the reason; every other test must pass.
+with its imports of ``MLPClassifier`` and ``MLPRegressor`` pointed at
+:class:`NumpyMLPClassifier` and :class:`NumpyMLPRegressor` and run in a
+fresh pytest process.  Tests of scikit-learn's private internals are
+deselected, each with the reason, and so are the tests of behaviour skdigits
+changes on purpose (README, "What differs"), each with the test here that
+checks ours instead; every other test must pass.
 """
 
 import os
@@ -25,8 +28,22 @@ PRIVATE_INTERNALS = {
                 "on an unfitted MLPClassifier so that partial_fit skips initialisation",
     "test_gradient": "calls MLPClassifier._forward_pass / _backprop / _loss_grad_lbfgs "
                      "(ours has its own finite-difference tests: tests/test_nn_gradients.py)",
-    "test_mlp_loading_from_joblib_partial_fit": "loads a pickle of scikit-learn's own "
-                                                "MLPRegressor from its test data",
+}
+
+#: Tests of behaviour skdigits changes on purpose (a diverging fit raises
+#: ValueError naming the cause and keeps the last finite, or the best,
+#: weights): the reason, and the test in tests/test_regressor.py that checks
+#: our behaviour in the same scenario.
+DELIBERATE_DIFFERENCES = {
+    "test_nonfinite_params": (
+        "matches MLPRegressor's message for weights that became non-finite; ours stops "
+        "earlier, at the first non-finite loss, with a ValueError blaming the inputs",
+        "test_huge_inputs_raise_and_keep_finite_weights"),
+    "test_mlp_diverging_loss": (
+        "expects a diverging fit with early stopping to end without an error, with a NaN "
+        "validation score; ours raises ValueError naming the learning rate and keeps the "
+        "best weights",
+        "test_diverging_fit_with_early_stopping_raises_and_keeps_the_best_weights"),
 }
 
 IMPORT = "from sklearn.neural_network import MLPClassifier, MLPRegressor"
@@ -47,17 +64,24 @@ def _suite_source():
         pytest.fail(f"{SUITE} no longer imports the MLP as {IMPORT!r}; update this test.")
     return source.replace(
         IMPORT,
-        "from sklearn.neural_network import MLPRegressor\n"
-        "from skdigits import NumpyMLPClassifier as MLPClassifier")
+        "from skdigits import NumpyMLPClassifier as MLPClassifier\n"
+        "from skdigits import NumpyMLPRegressor as MLPRegressor")
+
+
+def test_each_deliberate_difference_has_our_test_instead():
+    ours = (Path(__file__).parent / "test_regressor.py").read_text()
+    for _, replacement in DELIBERATE_DIFFERENCES.values():
+        assert re.search(rf"^def {replacement}\(", ours, flags=re.M), replacement
 
 
 @pytest.mark.skipif(not SUITE.is_file(), reason="scikit-learn was installed without its tests")
-def test_sklearn_mlp_tests_pass_against_numpy_mlp_classifier(tmp_path):
+def test_sklearn_mlp_tests_pass_against_numpy_mlps(tmp_path):
     target = tmp_path / "test_sklearn_mlp_ours.py"
     target.write_text(_suite_source())
     (tmp_path / "conftest.py").write_text(CONFTEST)
     present = set(re.findall(r"^def (test_\w+)", target.read_text(), flags=re.M))
-    deselect = [f"--deselect={target.name}::{name}" for name in PRIVATE_INTERNALS if name in present]
+    deselect = [f"--deselect={target.name}::{name}"
+                for name in {**PRIVATE_INTERNALS, **DELIBERATE_DIFFERENCES} if name in present]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(

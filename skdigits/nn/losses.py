@@ -1,10 +1,19 @@
-"""Output layers fused with their cross-entropy losses, computed from logits.
+"""Output functions fused with their losses, computed from logits.
+
+Two for classification (cross-entropies) and two for regression:
+
+- 'softmax' with the multiclass cross-entropy, 'logistic' with the binary
+  (per output) cross-entropy;
+- 'identity' with the half squared error, 'exp' with the half Poisson
+  deviance (a log link: the network's output is ``log`` of the mean).
 
 Working from the logits ``Z`` (never from probabilities) keeps the maths
 stable: softmax subtracts the row maximum and uses log-sum-exp, the logistic
-loss uses ``softplus``.  Each loss returns the weighted mean loss and writes
-d loss / d Z into ``grad``; for these canonical pairs that is simply
-``(p - y) * w / sum(w)``.
+loss uses ``softplus``, the Poisson deviance uses ``z`` where it would take
+``log(exp(z))``.  Each loss returns the weighted mean loss, summed over the
+outputs, and writes d loss / d Z into ``grad`` (in place when ``grad`` is
+given; ``Z`` and ``Y`` are never modified); for these canonical pairs that
+is simply ``(f(z) - y) * w / sum(w)`` with ``f`` the output function.
 
 Shapes: ``Z`` and ``Y`` are (n_samples, n_outputs); ``weights`` is
 (n_samples,) or None.
@@ -108,6 +117,89 @@ def binary_cross_entropy(Z, Y, weights=None, grad=None, weight_sum=None):
     return loss, P
 
 
-LOSSES = {"softmax": softmax_cross_entropy, "logistic": binary_cross_entropy}
-OUTPUT_ACTIVATIONS = {"softmax": softmax, "logistic": sigmoid}
+def identity(Z, out=None):
+    """The identity output of regression: a copy of ``Z`` (into ``out``)."""
+    if out is None:
+        return Z.copy()
+    out[...] = Z
+    return out
+
+
+def exp(Z, out=None):
+    """Element-wise ``exp(z)``, the output of the Poisson loss's log link.
+
+    Overflow gives ``inf`` without a warning: callers check for it and say
+    what went wrong (a diverged fit, inputs far outside the training range).
+    """
+    with np.errstate(over="ignore"):
+        return np.exp(Z, out=out)
+
+
+def _floored_exp(Z, out):
+    # exp() of logits below the subnormal floor is 0 for every purpose, and
+    # a subnormal result would make the float arithmetic after it crawl.
+    floored = np.maximum(Z, _floor(Z.dtype), out=out)
+    return exp(floored, out=floored)
+
+
+def squared_error(Z, Y, weights=None, grad=None, weight_sum=None):
+    """Half squared error of the identity output, summed over outputs.
+
+    Returns
+    -------
+    loss : float
+        ``sum_i w_i * 0.5 * sum_k (z_ik - y_ik)^2 / sum_i w_i``.  For one
+        output this is scikit-learn's ``squared_loss``; for several it is
+        ``n_outputs`` times it, since scikit-learn averages over outputs
+        while its gradient is that of the sum (scikit-learn issue #8349):
+        here loss and gradient belong to the same function.
+    grad : ndarray (n, k)
+        d loss / d Z ``= (z - y) * w / sum(w)``, written into ``grad`` when given.
+    """
+    if weight_sum is None:
+        weight_sum = Z.shape[0] if weights is None else float(np.sum(weights))
+    R = np.subtract(Z, Y, out=grad)
+    loss = _weighted_mean(0.5 * np.einsum("ij,ij->i", R, R), weights, weight_sum)
+    _scale_gradient(R, weights, weight_sum)
+    return loss, R
+
+
+def _y_log_y(Y):
+    """``y log y`` with ``0 log 0 = 0`` (scipy's ``xlogy(y, y)``), in float64."""
+    Y = np.asarray(Y, dtype=np.float64)
+    positive = Y > 0
+    return np.where(positive, Y * np.log(np.where(positive, Y, 1.0)), 0.0)
+
+
+def poisson_deviance(Z, Y, weights=None, grad=None, weight_sum=None):
+    """Half Poisson deviance of the mean ``mu = exp(z)``, summed over outputs.
+
+    ``Y`` holds counts or rates, ``y >= 0``.
+
+    Returns
+    -------
+    loss : float
+        ``sum_i w_i * sum_k (y log(y / mu) - y + mu)_ik / sum_i w_i``, computed
+        as ``y log y - y z - y + exp(z)`` (no ``log`` of a rounded ``mu``);
+        scikit-learn's ``poisson_loss``.  ``inf`` once ``exp(z)`` overflows.
+    grad : ndarray (n, k)
+        d loss / d Z ``= (exp(z) - y) * w / sum(w)``, written into ``grad``
+        when given.
+    """
+    if weight_sum is None:
+        weight_sum = Z.shape[0] if weights is None else float(np.sum(weights))
+    mu = _floored_exp(Z, out=grad)
+    Z64 = Z.astype(np.float64, copy=False)
+    per_element = _y_log_y(Y) - Y * Z64 - Y + mu
+    loss = _weighted_mean(per_element.sum(axis=1), weights, weight_sum)
+    mu -= Y
+    _scale_gradient(mu, weights, weight_sum)
+    return loss, mu
+
+
+#: Loss of each output function, by the output function's name.
+LOSSES = {"softmax": softmax_cross_entropy, "logistic": binary_cross_entropy,
+          "identity": squared_error, "exp": poisson_deviance}
+OUTPUT_ACTIVATIONS = {"softmax": softmax, "logistic": sigmoid, "identity": identity, "exp": exp}
+#: Log of the classification outputs (the regression outputs have no use for one).
 LOG_OUTPUT_ACTIVATIONS = {"softmax": log_softmax, "logistic": log_sigmoid}
