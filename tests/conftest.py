@@ -4,6 +4,8 @@ Use them by name, or for a whole module with
 ``pytestmark = pytest.mark.usefixtures("one_blas_thread")``.
 """
 
+import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -51,6 +53,52 @@ def mnist_path():
     if not path.is_file():
         pytest.skip(f"{path} is not present")
     return path
+
+
+class _WatchedPipe:
+    """A named pipe, and a thread that releases anything that opens it for reading.
+
+    Opening a pipe for reading waits for a writer: code that wrongly opens
+    it would hang the test run. The thread polls for a reader (a non-blocking
+    open of the write end succeeds only when there is one), then opens and
+    closes the write end, so the reader sees an empty file and the test fails
+    on ``opened`` instead of hanging.
+    """
+
+    def __init__(self, path):
+        os.mkfifo(path)
+        self.path, self.opened = path, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._release_readers, daemon=True)
+        self._thread.start()
+
+    def _release_readers(self):
+        while not self._stop.wait(0.02):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody has it open for reading
+                continue
+            self.opened = True
+            os.close(fd)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def named_pipe():
+    """Factory ``named_pipe(path)``: make a named pipe that cannot hang the test.
+
+    The returned object's ``opened`` is True if anything opened the pipe for
+    reading. Skips where named pipes do not exist.
+    """
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("named pipes (os.mkfifo) are not available")
+    pipes = []
+    yield lambda path: pipes.append(_WatchedPipe(path)) or pipes[-1]
+    for pipe in pipes:
+        pipe.stop()
 
 
 def write_kaggle_csv(path, pixels, labels=None):

@@ -240,7 +240,11 @@ def test_corrupt_file_raises_naming_the_file(tmp_path, name):
         ImageTransformer().transform([tmp_path / "7" / name])
 
 
-def test_skip_mode_warns_once_listing_every_skipped_file(tmp_path):
+def skip_warnings(caught):
+    return [str(w.message) for w in caught if "load_image_folder skipped" in str(w.message)]
+
+
+def test_skip_mode_warns_once_and_lists_every_skipped_item(tmp_path):
     make_tree(tmp_path)
     for name, write in CORRUPT.items():
         write(tmp_path / "3" / name)
@@ -251,17 +255,221 @@ def test_skip_mode_warns_once_listing_every_skipped_file(tmp_path):
         warnings.simplefilter("always")
         digits = load_image_folder(tmp_path, on_error="skip")
 
-    ours = [w for w in caught if "load_image_folder" in str(w.message)]
-    assert len(ours) == 1, [str(w.message) for w in caught]
-    message = str(ours[0].message)
-    for name in CORRUPT:
-        assert str(tmp_path / "3" / name) in message
-    assert str(tmp_path / "5") in message
-    assert f"skipped {len(CORRUPT) + 1} item(s)" in message
+    messages = skip_warnings(caught)
+    assert len(messages) == 1, [str(w.message) for w in caught]
+    assert "skipped 7 item(s)" in messages[0]
+    expected = sorted(str(tmp_path / "3" / name) for name in CORRUPT) + [str(tmp_path / "5")]
+    assert sorted(path for path, _ in digits.skipped) == expected
+    assert all(reason for _, reason in digits.skipped)
+    for path in expected[:5]:
+        assert path in messages[0]
+    assert "... and 2 more" in messages[0]
     assert len(digits.filenames) == 4
     # The empty class keeps its place, so target still indexes target_names.
     assert digits.target_names.tolist() == ["3", "5", "7"]
     assert digits.target.tolist() == [0, 0, 2, 2]
+
+
+def test_skip_warning_summarises_many_bad_files(tmp_path):
+    make_tree(tmp_path)
+    for k in range(300):
+        (tmp_path / "7" / f"empty{k:03d}.png").write_bytes(b"")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        digits = load_image_folder(tmp_path, on_error="skip")
+    (message,) = skip_warnings(caught)
+    # Listing all 300 took 35 kB (10,000 files: 1.2 MB); five names and a count do.
+    assert len(message) < 2000, len(message)
+    assert "skipped 300 item(s)" in message and "... and 295 more" in message
+    assert str(tmp_path / "7" / "empty000.png") in message
+    assert str(tmp_path / "7" / "empty005.png") not in message
+    assert len(digits.skipped) == 300 and len(digits.target) == 4
+
+
+def test_nothing_skipped_gives_an_empty_list_and_no_warning(tmp_path):
+    make_tree(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image_folder(tmp_path, on_error="skip").skipped == []
+    assert load_image_folder(tmp_path).skipped == []
+
+
+# --------------------------------------------- pipes, devices and symbolic links
+
+
+def test_named_pipe_with_an_image_name_is_never_opened(tmp_path, named_pipe):
+    make_tree(tmp_path)
+    pipe = named_pipe(tmp_path / "7" / "x.png")
+    with pytest.raises(ValueError, match=r"x\.png.*a named pipe, not a regular file"):
+        load_image_folder(tmp_path)
+    with pytest.warns(UserWarning, match=r"x\.png: a named pipe"):
+        digits = load_image_folder(tmp_path, on_error="skip")
+    assert len(digits.target) == 4 and digits.skipped[0][0] == str(pipe.path)
+    with pytest.raises(ValueError, match=r"cannot read image file .*x\.png.*a named pipe"):
+        ImageTransformer().transform([pipe.path])
+    with pytest.raises(ValueError, match=r"x\.png.*a named pipe"):
+        images_module.list_image_files(tmp_path / "7")
+    assert not pipe.opened
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_device_linked_as_an_image_is_refused(tmp_path):
+    make_tree(tmp_path)
+    (tmp_path / "3" / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=r"zero\.png.*a character device, not a regular file"):
+        load_image_folder(tmp_path)
+    with pytest.raises(ValueError, match=r"zero\.png.*a character device"):
+        ImageTransformer().transform([tmp_path / "3" / "zero.png"])
+
+
+@pytest.fixture
+def scandir_only_below(monkeypatch):
+    """Fail at once if a folder outside `allowed` is listed (instead of walking '/')."""
+
+    def install(allowed):
+        real_scandir = os.scandir
+        allowed = os.path.realpath(allowed)
+
+        def guarded(path="."):
+            where = os.path.realpath(path)
+            if not (where == allowed or where.startswith(allowed + os.sep)):
+                raise AssertionError(f"listed {where!r}, outside {allowed!r}")
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", guarded)
+
+    return install
+
+
+def test_class_folder_linked_to_the_filesystem_root_is_not_walked(tmp_path, scandir_only_below):
+    root = tmp_path / "digits"
+    make_tree(root)
+    (root / "9").symlink_to("/")
+    scandir_only_below(root)
+    with pytest.raises(ValueError, match=r"9.*symbolic link to '/', outside the image folder"):
+        load_image_folder(root)
+    with pytest.warns(UserWarning, match="skipped 1 item"):
+        digits = load_image_folder(root, on_error="skip")
+    assert digits.target_names.tolist() == ["3", "7", "9"]
+    assert digits.target.tolist() == [0, 0, 1, 1]
+    assert [path for path, _ in digits.skipped] == [str(root / "9")]
+
+
+def test_links_out_of_the_root_are_not_followed(tmp_path, scandir_only_below):
+    # "digits_elsewhere" starts like "digits": a plain prefix test would let it in.
+    root, outside = tmp_path / "digits", tmp_path / "digits_elsewhere"
+    make_tree(root)
+    make_tree(outside)
+    (root / "3" / "more").symlink_to(outside / "3")
+    scandir_only_below(root)
+    with pytest.raises(ValueError, match=r"more.*symbolic link to .*digits_elsewhere/3.*not followed"):
+        load_image_folder(root)
+    with pytest.raises(ValueError, match=r"more.*outside the image folder"):
+        images_module.list_image_files(root / "3")
+    with pytest.warns(UserWarning, match="skipped 1 item"):
+        digits = load_image_folder(root, on_error="skip")
+    assert all(str(outside) not in f for f in digits.filenames)
+    assert digits.target.tolist() == [0, 0, 1, 1]
+
+
+def test_links_inside_the_root_are_followed_once(tmp_path):
+    files = make_tree(tmp_path)
+    (tmp_path / "extra").mkdir()
+    Image.fromarray(draw_digit(width=7)).save(tmp_path / "extra" / "x.png")
+    (tmp_path / "3" / "extra").symlink_to(tmp_path / "extra")  # a nested link, inside root
+    (tmp_path / "seven").symlink_to(tmp_path / "7")  # a class folder that is a link
+    digits = load_image_folder(tmp_path)
+    assert digits.target_names.tolist() == ["3", "7", "extra", "seven"]
+    names = [os.path.relpath(f, tmp_path) for f in digits.filenames]
+    assert names == ["3/img0.png", "3/img1.png", "3/extra/x.png", "7/img0.png", "7/img1.png",
+                     "extra/x.png", "seven/img0.png", "seven/img1.png"]
+    assert_array_equal(digits.data[0], ImageTransformer().transform([files["3"][0]])[0])
+
+
+@pytest.mark.parametrize("target", ["class", "root", "parent"])
+def test_link_loops_are_reported_not_followed(tmp_path, target):
+    make_tree(tmp_path)
+    (tmp_path / "7" / "sub").mkdir()
+    Image.fromarray(draw_digit()).save(tmp_path / "7" / "sub" / "deep.png")
+    link = tmp_path / "7" / "sub" / "again"
+    link.symlink_to({"class": tmp_path / "7", "root": tmp_path, "parent": tmp_path / "7" / "sub"}[target])
+    with pytest.raises(ValueError, match=r"again.*already read.*not read again"):
+        load_image_folder(tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 item"):
+        digits = load_image_folder(tmp_path, on_error="skip")
+    # Each image once, with its own label: a link up to the root must not
+    # bring class 3's files into class 7.
+    assert digits.target.tolist() == [0, 0, 1, 1, 1]
+    assert len(set(digits.filenames)) == 5
+
+
+def test_self_links_are_value_errors_naming_the_link(tmp_path):
+    make_tree(tmp_path)
+    os.symlink("loop", tmp_path / "loop")  # a would-be class folder linking to itself
+    os.symlink("self.png", tmp_path / "7" / "self.png")
+    with pytest.raises(ValueError, match=r"loop.*cannot be followed.*symbolic links"):
+        load_image_folder(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        digits = load_image_folder(tmp_path, on_error="skip")
+    assert len(skip_warnings(caught)) == 1
+    assert [path for path, _ in digits.skipped] == [str(tmp_path / "loop"),
+                                                    str(tmp_path / "7" / "self.png")]
+    assert digits.target_names.tolist() == ["3", "7"] and len(digits.target) == 4
+    with pytest.raises(ValueError, match=r"self\.png.*symbolic links"):
+        ImageTransformer().transform([tmp_path / "7" / "self.png"])
+
+
+def test_broken_links_without_an_image_name_are_passed_over(tmp_path):
+    make_tree(tmp_path)
+    (tmp_path / "7" / "notes.txt").symlink_to(tmp_path / "gone.txt")
+    (tmp_path / "stale").symlink_to(tmp_path / "gone")
+    assert len(load_image_folder(tmp_path).target) == 4
+
+
+def test_unlistable_folder_is_reported(tmp_path, monkeypatch):
+    make_tree(tmp_path)
+    locked = tmp_path / "7" / "locked"
+    locked.mkdir()
+    Image.fromarray(draw_digit()).save(locked / "hidden_from_us.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(locked):  # as chmod 0 would, even for root
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ValueError, match=r"locked.*cannot list this folder \(Permission denied\)"):
+        load_image_folder(tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 item"):
+        assert len(load_image_folder(tmp_path, on_error="skip").target) == 4
+
+
+def test_image_transformer_has_no_on_error_and_its_docs_say_where_skipping_lives():
+    assert "on_error" not in ImageTransformer().get_params()
+    with pytest.raises(TypeError, match="on_error"):
+        ImageTransformer(on_error="skip")
+    doc = " ".join(ImageTransformer.__doc__.split())
+    assert "deliberately no ``on_error`` parameter" in doc
+    assert 'load_image_folder(root, on_error="skip")' in doc
+
+
+def test_skipping_loader_feeds_a_path_pipeline(tmp_path):
+    # What the command line does with a folder: load with on_error="skip",
+    # then fit a path pipeline on the surviving filenames and their labels.
+    make_tree(tmp_path, n_per_class=3)
+    write_truncated_png(tmp_path / "3" / "bad.png")
+    (tmp_path / "7" / "empty.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match="skipped 2 item"):
+        bunch = load_image_folder(tmp_path, on_error="skip")
+    assert len(bunch.filenames) == len(bunch.target) == 6
+    assert not any(name.endswith(("bad.png", "empty.png")) for name in bunch.filenames)
+    model = Pipeline([("img", ImageTransformer()), ("clf", LogisticRegression())])
+    with threadpool_limits(limits=1):
+        model.fit(list(bunch.filenames), bunch.target)
+    assert_array_equal(model[0].transform(list(bunch.filenames)), bunch.data)
+    assert model.predict(list(bunch.filenames)).shape == (6,)
 
 
 def test_pixel_cap_is_checked_before_decoding(tmp_path, monkeypatch):
@@ -385,6 +593,68 @@ def test_background_level_and_contrast_are_normalised():
     assert row.max() == pytest.approx(1.0)
     assert_allclose(row, transform_one(page), atol=0.05)
     assert (row.reshape(28, 28)[:, :2] == 0).all()
+
+
+@pytest.mark.parametrize("dark_ink", [True, False], ids=["dark-on-light", "light-on-dark"])
+def test_contrast_is_measured_from_the_background_not_the_extremes(dark_ink):
+    # Grey paper (200, or 55 inverted) with a speck on the far side of the
+    # background (a stray white/black dot): the strongest ink must still map
+    # to 1, i.e. the stretch divides by |ink - background|, not by the full
+    # grey range, and the speck, being "anti-ink", is clipped to 0.
+    for shape in ((64, 48), (28, 28)):  # 28 x 28: no resampling to hide a negative value
+        clean = np.where(draw_digit(shape) > 128, 200, 0).astype(np.uint8)
+        specked = clean.copy()
+        specked[1, 1] = 255
+        if not dark_ink:
+            clean, specked = 255 - clean, 255 - specked
+        for center in (True, False):
+            row = transform_one(specked, center=center)
+            assert row.max() == pytest.approx(1.0)
+            assert row.min() == 0.0
+            if shape == (28, 28) and not center:
+                expected = transform_one(clean, center=False)
+                expected[28 + 1] = 0.0  # the speck's pixel: paper after clipping
+            else:
+                expected = transform_one(clean, center=center)
+            assert_allclose(row, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("image_polarity", ["dark-on-light", "light-on-dark"])
+def test_forcing_the_wrong_polarity_gives_a_blank_row(image_polarity):
+    page = draw_digit()  # dark ink on white paper
+    if image_polarity == "light-on-dark":
+        page = 255 - page
+    wrong = image_polarity == "dark-on-light"  # invert=False is wrong for dark ink
+    # The "ink" would be the paper's noise, no stronger than the background.
+    assert not transform_one(page, invert=not wrong).any()
+    assert transform_one(page, invert=wrong).max() == pytest.approx(1.0)
+
+
+def test_auto_invert_decides_on_the_border_against_the_middle_of_the_range():
+    # Mid-grey paper (100) with a bright bar (200) and a dark bar (0): the
+    # background is not lighter than the middle of 0..200, so nothing is
+    # inverted and the bright bar is the ink.
+    page = np.full((40, 40), 100, dtype=np.uint8)
+    page[8:32, 10:14] = 200
+    page[8:32, 26:30] = 0
+    row = transform_one(page, center=False).reshape(28, 28)
+    assert_allclose(row, transform_one(page, invert=False, center=False).reshape(28, 28))
+    assert row[:, :14].max() == pytest.approx(1.0) and row[:, 14:].max() == 0
+    page[page == 100] = 101  # now lighter than the middle: inverted, the dark bar is ink
+    row = transform_one(page, center=False).reshape(28, 28)
+    assert row[:, 14:].max() == pytest.approx(1.0) and row[:, :14].max() == 0
+
+
+@pytest.mark.parametrize("invert", [True, False])
+def test_ink_at_the_contrast_threshold_is_blank_and_just_above_is_a_digit(invert):
+    # 10% of 255 is 25.5 grey levels: ink 25 levels from the paper is noise,
+    # 26 levels is a (faint) digit stretched to full contrast.
+    paper = 255 if invert else 0
+    for step, is_digit in ((25, False), (26, True)):
+        page = np.full((30, 30), paper, dtype=np.uint8)
+        page[5:25, 12:17] = paper - step if invert else paper + step
+        row = transform_one(page, invert=invert)
+        assert row.max() == (1.0 if is_digit else 0.0), (step, row.max())
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,9 @@ trained on MNIST can read them:
    ``center=False``: only resize to the output size.
 """
 
+import errno
 import os
+import stat
 import warnings
 from numbers import Integral
 from pathlib import Path
@@ -75,6 +77,14 @@ _CROP_LEVEL = 0.1
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 _ON_ERROR_OPTIONS = ("raise", "skip")
+
+# The on_error="skip" warning names this many items and counts the rest.
+_WARN_FIRST = 5
+_WARN_REASON_CHARS = 200
+
+# Opening a named pipe for reading waits for a writer; O_NONBLOCK returns at
+# once (0 where the flag does not exist).
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class _UnreadableImage(Exception):
@@ -257,15 +267,59 @@ def _check_pixel_count(img):
         )
 
 
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _not_regular(mode):
+    return f"{_file_kind(mode)}, not a regular file; only regular files are read"
+
+
+def _require_regular_file(mode):
+    if not stat.S_ISREG(mode):
+        raise _UnreadableImage(_not_regular(mode))
+
+
+def _open_nonblocking(path, flags):
+    return os.open(path, flags | _O_NONBLOCK)
+
+
+def _open_regular_file(path):
+    """Open `path` for binary reading if it is a regular file.
+
+    The name is checked before opening, so a pipe or a device is never
+    opened; the open file is checked again, in case the name was swapped in
+    between (the non-blocking open keeps even that case from hanging).
+    """
+    try:
+        _require_regular_file(os.stat(path).st_mode)
+        f = open(path, "rb", opener=_open_nonblocking)
+    except OSError as exc:  # missing, unreadable, a symbolic-link loop, ...
+        raise _UnreadableImage(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        _require_regular_file(os.fstat(f.fileno()).st_mode)
+        if _O_NONBLOCK:
+            os.set_blocking(f.fileno(), True)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 def _read_image_file(path):
     """Decode an image file into a grey float32 array and its full scale."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _open_regular_file(path) as f:
         # Pillow warns about large images at open() (and some formats at
         # load()); the stricter MAX_IMAGE_PIXELS check in _read_pil_image
         # turns them into an error instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img = Image.open(f)
         except MemoryError:
             raise
         except Exception as exc:  # Pillow raises many types for malformed data
@@ -528,6 +582,16 @@ class ImageTransformer(TransformerMixin, BaseEstimator):
     The transformer learns nothing. :meth:`fit` only checks the parameters
     and the form of `X`, and :meth:`transform` may be called without it.
 
+    A file that cannot be read (corrupt, truncated, larger than
+    ``MAX_IMAGE_PIXELS``, not a regular file) always raises a ValueError
+    naming it: there is deliberately no ``on_error`` parameter. A
+    transformer must return one row per input, and in a pipeline it cannot
+    drop the label that goes with a bad file; a stand-in row (zeros or NaN)
+    would be fitted or predicted as if it were a digit. To leave bad files
+    out, load the folder with ``load_image_folder(root, on_error="skip")``,
+    which drops each bad file together with its label, and pass its
+    ``filenames`` and ``target`` on.
+
     Examples
     --------
     >>> import numpy as np
@@ -706,24 +770,138 @@ def _is_hidden(name):
     return name.startswith(".")
 
 
+def _has_extension(name, extensions):
+    return os.path.splitext(name)[1].lower() in extensions
+
+
+def _visible_entries(folder):
+    """The folder's entries without hidden ones, sorted by name."""
+    with os.scandir(folder) as entries:
+        return sorted((e for e in entries if not _is_hidden(e.name)), key=lambda e: e.name)
+
+
+def _unreachable(exc):
+    return f"a symbolic link or entry that cannot be followed ({exc.strerror or exc})"
+
+
 def _class_folders(root):
-    return sorted(
-        entry.name
-        for entry in os.scandir(root)
-        if entry.is_dir() and not _is_hidden(entry.name)
-    )
+    """Sorted class folder names, and (path, reason) for entries that cannot be examined.
+
+    Plain files and broken links in `root` are passed over (files directly in
+    `root` belong to no class); a link loop or an unreadable entry could be a
+    class folder, so it is reported.
+    """
+    names, problems = [], []
+    for entry in _visible_entries(root):
+        try:
+            is_folder = entry.is_dir()  # follows symbolic links
+        except OSError as exc:  # e.g. ELOOP: a link to itself
+            problems.append((entry.path, _unreachable(exc)))
+            continue
+        if is_folder:
+            names.append(entry.name)
+    return names, problems
+
+
+def _is_within(real, root_real):
+    return real == root_real or real.startswith(os.path.join(root_real, ""))
+
+
+class _FolderScan:
+    """Image files below a folder, walked depth first in name order.
+
+    Symbolic links to folders are followed only when they lead inside
+    `root` (so a class folder linked to "/" is never walked), and each folder
+    is read once: a link back to a folder already read -- a loop -- is
+    reported instead of followed. Only regular files are listed; a named pipe
+    or a device with an image name is reported, never opened. Reported
+    entries are (path, reason) pairs in `problems`.
+    """
+
+    def __init__(self, root, extensions):
+        self.root_real = os.path.realpath(root)
+        self.extensions = extensions
+        self.files, self.problems = [], []
+        self._read = {}  # (st_dev, st_ino) -> the path it was read as
+        self._mark_read(root)  # a link up to the root is a loop too
+
+    def _mark_read(self, folder):
+        """Record `folder` as read; return the other path it was read as before, or None."""
+        st = os.stat(folder)
+        key = (st.st_dev, st.st_ino)
+        first = self._read.setdefault(key, str(folder))
+        return first if first != str(folder) else None
+
+    def _refusal(self, folder):
+        """Why `folder` is not read, or None (and it is marked read)."""
+        real = os.path.realpath(folder)
+        if not _is_within(real, self.root_real):
+            return (f"a symbolic link to {real!r}, outside the image folder "
+                    f"{self.root_real!r}; not followed")
+        try:
+            first = self._mark_read(folder)
+        except OSError as exc:
+            return _unreachable(exc)
+        if first is not None:
+            return (f"leads to the folder already read as {first!r} (a symbolic-link "
+                    "loop or a second link to it); not read again")
+        return None
+
+    def walk(self, folder):
+        pending = [str(folder)]
+        while pending:
+            current = pending.pop()
+            refusal = self._refusal(current)
+            if refusal is None:
+                pending.extend(reversed(self._read_folder(current)))
+            else:
+                self.problems.append((current, refusal))
+        return self
+
+    def _read_folder(self, folder):
+        """List the image files of `folder`; return its sub-folders."""
+        try:
+            entries = _visible_entries(folder)
+        except OSError as exc:
+            self.problems.append((folder, f"cannot list this folder ({exc.strerror or exc})"))
+            return []
+        subfolders = []
+        for entry in entries:
+            is_image = _has_extension(entry.name, self.extensions)
+            try:
+                mode = entry.stat().st_mode  # follows symbolic links
+            except OSError as exc:
+                # A broken link is only worth reporting if it was meant as an image.
+                if is_image or exc.errno != errno.ENOENT:
+                    self.problems.append((entry.path, _unreachable(exc)))
+                continue
+            if stat.S_ISDIR(mode):
+                subfolders.append(entry.path)
+            elif is_image and stat.S_ISREG(mode):
+                self.files.append(entry.path)
+            elif is_image:
+                self.problems.append((entry.path, _not_regular(mode)))
+        return subfolders
 
 
 def list_image_files(folder, extensions=IMAGE_EXTENSIONS):
-    """Image files below `folder`, recursively, skipping hidden files and folders."""
-    found = []
-    # Symlinked sub-folders are not followed, so a link cycle cannot loop forever.
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        for name in sorted(filenames):
-            if not _is_hidden(name) and os.path.splitext(name)[1].lower() in extensions:
-                found.append(os.path.join(dirpath, name))
-    return found
+    """Image files below `folder`, recursively, skipping hidden files and folders.
+
+    Symbolic links to folders are followed while they stay inside `folder`,
+    each folder once; only regular files are listed.
+
+    Raises
+    ------
+    ValueError
+        Naming the first entry that cannot be used: a named pipe or device
+        with an image name, a link leading out of `folder` or back to a
+        folder already read, an unreadable folder.
+    """
+    scan = _FolderScan(folder, extensions).walk(folder)
+    if scan.problems:
+        path, reason = scan.problems[0]
+        raise ValueError(f"cannot use {path!r}: {reason}")
+    return scan.files
 
 
 def _check_root(root):
@@ -731,20 +909,42 @@ def _check_root(root):
         root = Path(root)
     except TypeError:
         raise ValueError(f"root must be a path to a folder, got {root!r}") from None
-    if not root.exists():
-        raise ValueError(f"image folder {str(root)!r} does not exist")
-    if not root.is_dir():
+    try:
+        mode = os.stat(root).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"image folder {str(root)!r} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"image folder {str(root)!r} cannot be opened ({exc.strerror})") from None
+    if not stat.S_ISDIR(mode):
         raise ValueError(f"image folder {str(root)!r} is not a folder")
     return root
 
 
-def _warn_skipped(skipped):
-    lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
-    warnings.warn(
-        f"load_image_folder skipped {len(skipped)} item(s) that could not be used:\n{lines}",
-        UserWarning,
-        stacklevel=3,
-    )
+class _Skipped:
+    """What on_error does with an unusable item: raise, or keep a list and warn once."""
+
+    def __init__(self, on_error):
+        self.on_error = on_error
+        self.items = []
+
+    def add(self, path, reason, message, cause=None):
+        if self.on_error == "raise":
+            raise ValueError(message) from cause
+        self.items.append((str(path), reason))
+
+    def warn(self):
+        if not self.items:
+            return
+        n = len(self.items)
+        shown = "\n".join(f"  {path}: {reason[:_WARN_REASON_CHARS]}"
+                          for path, reason in self.items[:_WARN_FIRST])
+        more = f"\n  ... and {n - _WARN_FIRST} more" if n > _WARN_FIRST else ""
+        warnings.warn(
+            f"load_image_folder skipped {n} item(s) that could not be used "
+            f"(the result's 'skipped' lists them all):\n{shown}{more}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def load_image_folder(
@@ -756,8 +956,10 @@ def load_image_folder(
     Class names are the sub-folder names, sorted as strings; the files of a
     class may sit in nested folders. Hidden files and folders (names starting
     with ".") and files without an image extension are passed over, as are
-    files directly inside `root`. Every image goes through the same
-    preprocessing as :class:`ImageTransformer`.
+    files directly inside `root`. Symbolic links to folders are followed
+    while they stay inside `root`, each folder once per class; only regular
+    files are read. Every image goes through the same preprocessing as
+    :class:`ImageTransformer`.
 
     Parameters
     ----------
@@ -774,11 +976,16 @@ def load_image_folder(
         None means :data:`IMAGE_EXTENSIONS` (PNG, JPEG, BMP, GIF, TIFF, WebP,
         PGM/PPM/PBM/PNM).
     on_error : {"raise", "skip"}, default="raise"
-        What to do with a file that cannot be decoded (or is larger than
-        ``MAX_IMAGE_PIXELS``) and with a class folder without images:
+        What to do with an item that cannot be used: a file that cannot be
+        decoded (or is larger than ``MAX_IMAGE_PIXELS``), an image name that
+        is not a regular file (a named pipe, a device), a symbolic link that
+        leads out of `root`, back to a folder already read or nowhere, a
+        folder that cannot be listed, and a class folder without images.
         ``"raise"`` raises a ValueError naming it; ``"skip"`` leaves it out
-        and emits one UserWarning listing everything left out. An empty class
-        keeps its place in `target_names`.
+        (with its label, so `filenames` and `target` stay aligned), lists it
+        in `skipped` and emits one UserWarning counting the items left out
+        and naming the first five. An empty class keeps its place in
+        `target_names`.
 
     Returns
     -------
@@ -795,6 +1002,9 @@ def load_image_folder(
             Sorted class folder names.
         filenames : ndarray of str
             Path of each file.
+        skipped : list of (str, str)
+            ``(path, reason)`` for every item left out with
+            ``on_error="skip"``; empty otherwise.
 
     Raises
     ------
@@ -826,35 +1036,36 @@ def load_image_folder(
     on_error = _check_on_error(on_error)
     root = _check_root(root)
 
-    class_names = _class_folders(root)
+    skipped = _Skipped(on_error)
+    class_names, problems = _class_folders(root)
+    for path, reason in problems:
+        skipped.add(path, reason, f"cannot use {path!r}: {reason}")
     if not class_names:
+        skipped.warn()
         raise ValueError(
             f"image folder {str(root)!r} has no class sub-folders; expected root/<class>/<image>"
         )
 
-    rows, targets, filenames, skipped = [], [], [], []
+    rows, targets, filenames = [], [], []
     for label, name in enumerate(class_names):
-        files = list_image_files(root / name, extensions)
-        if not files:
-            reason = f"class folder {str(root / name)!r} has no image files"
-            if on_error == "raise":
-                raise ValueError(reason)
-            skipped.append((str(root / name), "no image files in this class folder"))
-            continue
-        for path in files:
+        folder = str(root / name)
+        scan = _FolderScan(root, extensions).walk(folder)
+        for path, reason in scan.problems:
+            skipped.add(path, reason, f"cannot use {path!r}: {reason}")
+        if not scan.files and not scan.problems:
+            skipped.add(folder, "no image files in this class folder",
+                        f"class folder {folder!r} has no image files")
+        for path in scan.files:
             try:
                 gray, full_scale = _read_image_file(path)
             except _UnreadableImage as exc:
-                if on_error == "raise":
-                    raise ValueError(f"cannot read image file {path!r}: {exc}") from exc
-                skipped.append((path, str(exc)))
+                skipped.add(path, str(exc), f"cannot read image file {path!r}: {exc}", exc)
                 continue
             rows.append(_preprocess(gray, full_scale, size, invert, center))
             targets.append(label)
             filenames.append(path)
 
-    if skipped:
-        _warn_skipped(skipped)
+    skipped.warn()
     if not rows:
         raise ValueError(f"no image in {str(root)!r} could be loaded")
 
@@ -865,4 +1076,5 @@ def load_image_folder(
         target=np.asarray(targets, dtype=np.int64),
         target_names=np.asarray(class_names, dtype=str),
         filenames=np.asarray(filenames, dtype=str),
+        skipped=skipped.items,
     )
