@@ -12,15 +12,21 @@ whole batch at once, with no Python loop over the images:
 
 1. draw every image's angle, shear, scale and shift in one call to the
    random generator and turn them into the inverse affine maps (output pixel
-   -> input position);
-2. for elastic distortion, draw uniform(-1, 1) displacement fields for the
-   whole batch and smooth them with a Gaussian of width σ, written as two
+   -> input position), an (n, 2, 3) array;
+2. the sampling positions of the whole batch are one matrix product of those
+   maps with the pixel coordinates, stored as two planes (rows, columns) of
+   shape (n, height, width) so that every later pass is contiguous;
+3. for elastic distortion, draw uniform(-1, 1) displacement fields for the
+   whole batch, smooth them with a Gaussian of width σ written as two
    matrix products (the filter is linear: ``G_rows @ field @ G_cols.T``)
-   instead of a per-image convolution;
-3. add the fields to the affine positions: one sampling grid for the batch;
+   instead of a per-image convolution, and add them to the positions;
 4. one bilinear interpolation for the batch: the images are padded with the
    background value, the four neighbours of every sampling point are
    gathered with ``np.take`` from the padded stack, and blended.
+
+Work arrays are reused from batch to batch (one set per thread), and
+``transform_batch`` only reads its input and its generator: call it from a
+prefetch thread with that thread's own generator.
 
 Pixels brought in from outside an image take the background value
 (``fill``): each image's minimum by default, which is 0 for MNIST-style
