@@ -70,11 +70,9 @@ def scipy_loop_epoch(settings, images, batch):
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
         d = settings.draw(len(chunk), (h, w), rng)
-        a, b, c, e = aug._inverse_maps(d["angle"], d["shear"], d["scale"], d["shift"], h, w)
+        maps = aug._inverse_maps(d["angle"], d["shear"], d["scale"], d["shift"], h, w)
         for i, image in enumerate(chunk):
-            matrix = np.array([[a[i, 1] - a[i, 0], b[i, 1] - b[i, 0]],
-                               [c[i, 1] - c[i, 0], e[i, 1] - e[i, 0]]])
-            offset = np.array([a[i, 0] + b[i, 0], c[i, 0] + e[i, 0]])
+            matrix, offset = maps[i, :, :2], maps[i, :, 2]
             if settings.elastic_alpha == 0:
                 ndimage.affine_transform(image, matrix, offset, order=1,
                                          mode="grid-constant", cval=0.0)
@@ -108,13 +106,11 @@ def map_coordinates_epoch(settings, images, batch):
 
 def torch_theta(d, h, w):
     """Our inverse affine maps as PyTorch's normalised (x, y) theta, align_corners=True."""
-    a, b, c, e = aug._inverse_maps(d["angle"], d["shear"], d["scale"], d["shift"], h, w)
+    maps = aug._inverse_maps(d["angle"], d["shear"], d["scale"], d["shift"], h, w)
     # Pixel maps: row_in = m_rr row + m_rc col + o_r, col_in = m_cr row + m_cc col + o_c.
-    m_rr, m_rc = a[:, 1] - a[:, 0], b[:, 1] - b[:, 0]
-    m_cr, m_cc = c[:, 1] - c[:, 0], e[:, 1] - e[:, 0]
-    o_r, o_c = a[:, 0] + b[:, 0], c[:, 0] + e[:, 0]
+    (m_rr, m_rc, o_r), (m_cr, m_cc, o_c) = maps[:, 0].T, maps[:, 1].T
     sy, sx = (h - 1) / 2, (w - 1) / 2  # pixel = s * (normalised + 1)
-    theta = np.empty((len(a), 2, 3))
+    theta = np.empty((len(maps), 2, 3))
     theta[:, 0] = np.stack([m_cc, m_cr * sy / sx, (m_cc * sx + m_cr * sy + o_c) / sx - 1], 1)
     theta[:, 1] = np.stack([m_rc * sx / sy, m_rr, (m_rc * sx + m_rr * sy + o_r) / sy - 1], 1)
     return theta.astype(np.float32)

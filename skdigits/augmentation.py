@@ -12,15 +12,21 @@ whole batch at once, with no Python loop over the images:
 
 1. draw every image's angle, shear, scale and shift in one call to the
    random generator and turn them into the inverse affine maps (output pixel
-   -> input position);
-2. for elastic distortion, draw uniform(-1, 1) displacement fields for the
-   whole batch and smooth them with a Gaussian of width σ, written as two
+   -> input position), an (n, 2, 3) array;
+2. the sampling positions of the whole batch are one matrix product of those
+   maps with the pixel coordinates, stored as two planes (rows, columns) of
+   shape (n, height, width) so that every later pass is contiguous;
+3. for elastic distortion, draw uniform(-1, 1) displacement fields for the
+   whole batch, smooth them with a Gaussian of width σ written as two
    matrix products (the filter is linear: ``G_rows @ field @ G_cols.T``)
-   instead of a per-image convolution;
-3. add the fields to the affine positions: one sampling grid for the batch;
+   instead of a per-image convolution, and add them to the positions;
 4. one bilinear interpolation for the batch: the images are padded with the
    background value, the four neighbours of every sampling point are
    gathered with ``np.take`` from the padded stack, and blended.
+
+Work arrays are reused from batch to batch (one set per thread), and
+``transform_batch`` only reads its input and its generator: call it from a
+prefetch thread with that thread's own generator.
 
 Pixels brought in from outside an image take the background value
 (``fill``): each image's minimum by default, which is 0 for MNIST-style
@@ -547,28 +553,37 @@ def _per_image(value, n, name, shape=()):
 
 
 def _inverse_maps(angle, shear, scale, shift, height, width):
-    """Per image, the map from an output pixel (row i, col j) to the input
-    position it is sampled from, split as ``row = a_i + b_j``, ``col = c_i + d_j``.
+    """Per image, the affine map from an output pixel (row i, col j) to the
+    input position it samples: ``maps[:, 0] @ (i, j, 1)`` is the row,
+    ``maps[:, 1] @ (i, j, 1)`` the column; shape (n, 2, 3).
 
     The forward map turns about the centre, slants, scales and shifts:
     ``q = centre + shift + s * Shear(k) @ Rot(theta) @ (p - centre)`` in
     (x right, y down) coordinates.  Its inverse is
-    ``p = centre + Rot(-theta) @ Shear(-k) @ (q - centre - shift) / s``;
-    being affine, each coordinate is a sum of a row term and a column term,
-    so the grid costs one broadcast addition per coordinate.
+    ``p = centre + Rot(-theta) @ Shear(-k) @ (q - centre - shift) / s``.
     """
-    theta = np.deg2rad(angle)[:, None]
-    k = np.tan(np.deg2rad(shear))[:, None]
+    theta = np.deg2rad(angle)
+    k = np.tan(np.deg2rad(shear))
     cos, sin = np.cos(theta), np.sin(theta)
-    inv_s = 1.0 / scale[:, None]
-    cy, cx = (height - 1) / 2, (width - 1) / 2
-    v = np.arange(height) - cy - shift[:, :1]  # (n, height): rows about the shifted centre
-    u = np.arange(width) - cx - shift[:, 1:]   # (n, width)
-    row_from_i = cy + (k * sin + cos) * inv_s * v
-    row_from_j = sin * inv_s * u
-    col_from_i = cx + (k * cos - sin) * inv_s * v
-    col_from_j = cos * inv_s * u
-    return row_from_i, row_from_j, col_from_i, col_from_j
+    inv_s = 1.0 / scale
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    maps = np.empty((len(theta), 2, 3))
+    maps[:, 0, 0] = (k * sin + cos) * inv_s  # d row_in / d i
+    maps[:, 0, 1] = sin * inv_s              # d row_in / d j
+    maps[:, 1, 0] = (k * cos - sin) * inv_s  # d col_in / d i
+    maps[:, 1, 1] = cos * inv_s              # d col_in / d j
+    linear = maps[:, :, :2]
+    maps[:, :, 2] = centre - np.einsum("nab,nb->na", linear, centre + shift)
+    return maps
+
+
+@lru_cache(maxsize=32)
+def _pixel_coordinates(height, width, dtype):
+    """(3, height * width): every pixel's row, column and 1, row by row.  Read-only."""
+    rows, cols = np.indices((height, width)).reshape(2, -1)
+    coordinates = np.stack([rows, cols, np.ones_like(rows)]).astype(dtype)
+    coordinates.flags.writeable = False
+    return coordinates
 
 
 def sampling_grid(n, image_shape, angle=0.0, shear=0.0, scale=1.0, shift=0.0,
@@ -593,14 +608,15 @@ def _grid(n, image_shape, angle, shear, scale, shift, displacement, dtype, scrat
     `origin` is added to every position (the padding of :func:`_bilinear`),
     on the small terms."""
     height, width = image_shape
-    a, b, c, d = _inverse_maps(angle, shear, scale, shift, height, width)
-    # Cast the small terms first: a broadcast add that also casts runs
-    # through NumPy's buffered loops, ~10x slower than a plain one.
-    a, b, c, d = (a + origin).astype(dtype), b.astype(dtype), (c + origin).astype(dtype), \
-        d.astype(dtype)
+    maps = _inverse_maps(angle, shear, scale, shift, height, width)
+    maps[:, :, 2] += origin
+    # All positions of the batch in one matrix product: (2n, 3) maps, rows
+    # first, times the (3, pixels) coordinates.  (A broadcast sum of row
+    # and column terms took 7x longer: NumPy's loop restarts every 28 values.)
     grid = scratch.array("grid", (2, n, height, width), dtype)
-    np.add(a[:, :, None], b[:, None, :], out=grid[0])
-    np.add(c[:, :, None], d[:, None, :], out=grid[1])
+    np.matmul(maps.transpose(1, 0, 2).reshape(2 * n, 3).astype(dtype),
+              _pixel_coordinates(height, width, np.dtype(dtype).str),
+              out=grid.reshape(2 * n, height * width))
     if displacement is not None:
         grid += displacement
     return grid
