@@ -524,17 +524,20 @@ class MaxPool2D(Layer):
         if masks is None or masks.shape != shape:
             masks = self._buffers["routes"] = np.empty(shape, dtype=bool)
             self._buffers["taken"] = np.empty(Y.shape, dtype=bool)
-        taken = self._buffers["taken"]
-        for k, piece in enumerate(slices):
+        np.equal(slices[0], Y, out=masks[0])
+        taken = masks[0]  # where an earlier offset already holds the maximum
+        for k in range(1, len(slices)):
             mask = masks[k]
-            np.equal(piece, Y, out=mask)
-            if k == 0:
-                np.copyto(taken, mask)
-            else:
-                # For booleans, mask > taken is "mask and not taken": a tie
-                # with an earlier offset loses.
-                np.greater(mask, taken, out=mask)
-                np.logical_or(taken, mask, out=taken)
+            if k == len(slices) - 1:
+                # Every window holds its maximum: where no earlier offset
+                # does, the last one does, without comparing.
+                np.logical_not(taken, out=mask)
+                break
+            np.equal(slices[k], Y, out=mask)
+            # For booleans, mask > taken is "mask and not taken": a tie
+            # with an earlier offset loses.
+            np.greater(mask, taken, out=mask)
+            taken = np.logical_or(taken, mask, out=self._buffers["taken"])
         return masks
 
     def backward(self, dY, need_input_grad=True):
