@@ -16,7 +16,7 @@ from skdigits.nn import conv, winograd
 from skdigits.nn.conv import Conv2D, Flatten, MaxPool2D
 from skdigits.nn.initializers import INITIALIZERS
 from skdigits.nn.layers import Dense
-from skdigits.nn.network import Network
+from skdigits.nn.network import PREDICT_CHUNK, Network
 from skdigits.nn.parallel import DataParallel
 
 
@@ -188,7 +188,7 @@ def _force_path(monkeypatch, path):
     """Patch the im2col branch (direct paths) or cut Winograd's chunks to 2
     images (so batches run as several chunks); return Conv2D's algorithm."""
     monkeypatch.setattr(conv, "_SLICED_IM2COL_MAX_BYTES", 10**9 if path == "sliced" else 0)
-    monkeypatch.setattr(conv, "_WINOGRAD_CHUNK_IMAGES", 2)
+    monkeypatch.setattr(conv, "_winograd_chunk_images", lambda *shape: 2)
     return "winograd" if path == "winograd" else "direct"
 
 
@@ -424,7 +424,7 @@ def test_winograd_layouts_round_trip(h, w, top, left):
     ("winograd", 3, 5, 6, 3, 2, 3, 1, "same"),
 ])
 def test_conv2d_gradients(monkeypatch, activation, algorithm, n, h, w, c, f, k, s, padding):
-    monkeypatch.setattr(conv, "_WINOGRAD_CHUNK_IMAGES", 2)
+    monkeypatch.setattr(conv, "_winograd_chunk_images", lambda *shape: 2)
     rng = np.random.default_rng(2)
     layer = _standalone(Conv2D(f, k, s, padding, activation=activation, algorithm=algorithm),
                         (h, w, c))
@@ -521,7 +521,7 @@ def _winograd_cnn(dtype, seed=0, activation="relu"):
 
 
 def test_winograd_network_gradient(monkeypatch):
-    monkeypatch.setattr(conv, "_WINOGRAD_CHUNK_IMAGES", 2)
+    monkeypatch.setattr(conv, "_winograd_chunk_images", lambda *shape: 2)
     rng = np.random.default_rng(14)
     net = _winograd_cnn("float64", activation="tanh")  # smooth: no kinks to step over
     X = rng.permutation(5 * 100).reshape(5, 10, 10, 1) / 100.0
@@ -592,7 +592,19 @@ def test_inference_keeps_no_state_and_training_reuses_buffers():
     np.testing.assert_array_equal(net.forward(X), out)
 
 
-def test_winograd_inference_keeps_no_state_and_training_reuses_buffers():
+def test_winograd_chunk_sizes():
+    # MNIST's second layer: 7x7 tiles of 32 -> 64 channels, chunks of 8 images.
+    assert conv._winograd_chunk_images(49, 32, 64) == 8
+    assert conv._winograd_chunk_images(2, 32, 64) == 256   # small images: few, large chunks
+    assert conv._winograd_chunk_images(10**6, 512, 512) == 1
+    sizes = [conv._winograd_chunk_images(t, c, f) for t in (1, 3, 49, 300) for c, f in
+             [(8, 8), (32, 64), (100, 3)]]
+    assert all(size & (size - 1) == 0 and (PREDICT_CHUNK % size == 0 or size > PREDICT_CHUNK)
+               for size in sizes)
+
+
+def test_winograd_inference_keeps_no_state_and_training_reuses_buffers(monkeypatch):
+    monkeypatch.setattr(conv, "_winograd_chunk_images", lambda *shape: 8)
     net = _winograd_cnn("float32")
     layer = net.layers[2]
     X = np.random.default_rng(15).random((20, 10, 10, 1), dtype=np.float32)

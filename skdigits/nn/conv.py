@@ -43,11 +43,21 @@ _SLICED_IM2COL_MAX_BYTES = 16
 #: channels the products are too thin to repay them.
 _WINOGRAD_MIN_CHANNELS = 8
 
-#: Images per chunk of the Winograd stages: 8 MNIST-sized images keep a
-#: chunk's transformed input and products (~0.8 and 1.6 MB for 14x14x32 -> 64)
-#: near the 1 MB L2 cache, where its 16 products ran 1.7x faster than on 32
-#: images at once.
-_WINOGRAD_CHUNK_IMAGES = 8
+#: Values of the transformed input and the products (V and M) per chunk of
+#: the Winograd stages: 2**20 (4 MiB in float32) makes chunks of 8 images for
+#: MNIST's second layer (14x14x32 -> 64), whose 16 products then ran 1.7x
+#: faster than on 32 images at once (their operands stay in the 1 MiB L2
+#: cache), while small images get large chunks (few NumPy calls).
+_WINOGRAD_CHUNK_VALUES = 2**20
+
+
+def _winograd_chunk_images(tiles, c_in, filters):
+    """Images per Winograd chunk: the largest power of two whose V and M fit
+    in _WINOGRAD_CHUNK_VALUES, at least 1.  A power of two divides the
+    256-row prediction chunks, so every image is computed in a chunk of the
+    same size, wherever it sits in a batch."""
+    per_image = 16 * tiles * (c_in + filters)
+    return 1 << max(0, (_WINOGRAD_CHUNK_VALUES // per_image).bit_length() - 1)
 
 ALGORITHMS = ("auto", "direct", "winograd")
 
@@ -302,11 +312,20 @@ class Conv2D(Layer):
         return self._backward_direct(dA, need_input_grad)
 
     def _array(self, training):
-        """The allocator for a pass: reused buffers in training, fresh arrays
-        otherwise (inference keeps no state, so threads may share the layer)."""
+        """The allocator for a pass: ``new(key, shape)`` returns the layer's
+        reused buffer in training; in inference, an array of this call only
+        (inference keeps no state, so threads may share the layer), reused
+        within the call, e.g. by Winograd's chunks."""
         if training:
             return self._buffer
-        return lambda key, shape: np.empty(shape, dtype=self.dtype)
+        arrays = {}
+
+        def new(key, shape):
+            array = arrays.get(key)
+            if array is None or array.shape != shape:
+                array = arrays[key] = np.empty(shape, dtype=self.dtype)
+            return array
+        return new
 
     # ------------------------------------------------------- direct (im2col)
     def _forward_direct(self, X, training):
@@ -368,11 +387,12 @@ class Conv2D(Layer):
 
     # ------------------------------------------------------------- Winograd
     def _chunks(self, n):
-        """Slices of at most _WINOGRAD_CHUNK_IMAGES images: the Winograd stages
-        run chunk by chunk so that each chunk's arrays stay in cache.  Scratch
-        buffers are keyed by the chunk's size, which a last, smaller chunk
-        would otherwise reallocate twice per batch."""
-        size = _WINOGRAD_CHUNK_IMAGES
+        """Slices of the batch for the Winograd stages, which run chunk by
+        chunk so that each chunk's arrays stay in cache.  Scratch buffers are
+        keyed by the chunk's size, which a last, smaller chunk would otherwise
+        reallocate twice per batch."""
+        th, tw = self._tiles
+        size = _winograd_chunk_images(th * tw, self.c_in, self.filters)
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     def _forward_winograd(self, X, training):
@@ -388,18 +408,20 @@ class Conv2D(Layer):
             nc = rows.stop - rows.start
             S = winograd.split_columns(X[rows], top, left,
                                        new(("X_tiles", nc), (nc, 2 * th + 2, 2, tw + 1, c)))
+            # Training keeps every chunk's V and Y for the backward pass.
             V = winograd.input_transform(S, th, tw, new(("rows", nc), (4, nc, th, 2, tw + 1, c)),
-                                         new(f"V{k}", (4, 4, nc, th, tw, c)))
+                                         new(f"V{k}" if training else "V", (4, 4, nc, th, tw, c)))
             M = np.matmul(V.reshape(16, -1, c), U, out=new(("M", nc), (16, nc * th * tw, f)))
             M = M.reshape(4, 4, nc, th, tw, f)
             # A^T e1 e1^T A is the 2x2 block of ones: the bias added at tile
             # position (1, 1) reaches all four outputs, in a quarter of a pass.
             M[1, 1] += self.params["b"]
             Y = winograd.output_transform(M, new(("cols", nc), (4, 2, nc, th, tw, f)),
-                                          new(f"Y{k}", (2, 2, nc, th, tw, f)))
+                                          new(f"Y{k}" if training else "Y", (2, 2, nc, th, tw, f)))
             ACTIVATIONS[self.activation](Y)
             winograd.merge_tiles(Y, A[rows])
-            chunks.append((V, Y))
+            if training:
+                chunks.append((V, Y))
         if training:
             self._chunks_saved, self._U, self._A = chunks, U, A
         return A[:, :self.h_out, :self.w_out]  # the whole buffer unless a side is odd
