@@ -508,11 +508,11 @@ def _digit_cnn(dtype, seed=0):
     return net.build((9, 9, 1), np.random.RandomState(seed), init="he")
 
 
-def _winograd_cnn(dtype, seed=0, activation="relu"):
+def _winograd_cnn(dtype, seed=0):
     """The estimator's shape of network, small: its second convolution
-    (8 input channels, an odd 5x5 side) takes Winograd."""
-    layers = [Conv2D(8, 3, padding="same", activation=activation), MaxPool2D(2),
-              Conv2D(6, 3, padding="same", activation=activation), MaxPool2D(2), Flatten(),
+    (16 input channels, an odd 5x5 side) takes Winograd."""
+    layers = [Conv2D(16, 3, padding="same"), MaxPool2D(2),
+              Conv2D(6, 3, padding="same"), MaxPool2D(2), Flatten(),
               Dense(12, "relu"), Dense(10)]
     net = Network(layers, "softmax", dtype).build((10, 10, 1), np.random.RandomState(seed),
                                                   init="he")
@@ -523,9 +523,13 @@ def _winograd_cnn(dtype, seed=0, activation="relu"):
 def test_winograd_network_gradient(monkeypatch):
     monkeypatch.setattr(conv, "_winograd_chunk_images", lambda *shape: 2)
     rng = np.random.default_rng(14)
-    net = _winograd_cnn("float64", activation="tanh")  # smooth: no kinks to step over
-    X = rng.permutation(5 * 100).reshape(5, 10, 10, 1) / 100.0
-    Y = np.eye(10)[rng.integers(0, 10, 5)]
+    # Smooth activations: no kinks to step over.
+    layers = [Conv2D(3, 3, padding="same", activation="tanh"), MaxPool2D(2),
+              Conv2D(4, 3, padding="same", activation="tanh", algorithm="winograd"),
+              Flatten(), Dense(4)]
+    net = Network(layers, "softmax", "float64").build((6, 6, 1), np.random.RandomState(0))
+    X = rng.permutation(5 * 36).reshape(5, 6, 6, 1) / 36.0
+    Y = np.eye(4)[rng.integers(0, 4, 5)]
     net.loss_and_gradient(X, Y, alpha=0.1)
     analytic = net.grads.copy()
     numeric = _numerical_grad(lambda: net.loss_and_gradient(X, Y, alpha=0.1), net.params)
@@ -683,7 +687,7 @@ def test_winograd_cnn_fit_independent_of_blas_threads():
     y = rng.randint(10, size=150)
     fits = []
     for threads in (1, 2):
-        model = NumpyCNNClassifier(conv_filters=(8, 8), hidden_layer_sizes=(16,), max_iter=2,
+        model = NumpyCNNClassifier(conv_filters=(16, 8), hidden_layer_sizes=(16,), max_iter=2,
                                    batch_size=50, random_state=0)
         with threadpool_limits(threads, user_api="blas"), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)

@@ -38,8 +38,9 @@ the output leaves as ``(2, 2, n, th, tw, f)``, output pixel
 the caller passes every output.
 
 Rounding: the transformed values are sums and differences formed in another
-order than a direct convolution's, so results differ from it by rounding
-(relative errors of a few float32 epsilons on MNIST-sized layers).
+order than a direct convolution's, so results differ from it by rounding: on
+MNIST's second layer in float32, by at most a few 1e-7 of the largest output
+or gradient, as the direct path differs from exact arithmetic.
 """
 
 import numpy as np
