@@ -614,7 +614,7 @@ def test_winograd_inference_keeps_no_state_and_training_reuses_buffers(monkeypat
     X = np.random.default_rng(15).random((20, 10, 10, 1), dtype=np.float32)
     out = net.forward(X)
     assert all(not layer._buffers for layer in net.layers)
-    assert not hasattr(layer, "_chunks_saved")
+    assert not hasattr(layer, "_V")
 
     Y = np.eye(10, dtype=np.float32)[np.arange(20) % 10]
     net.loss_and_gradient(X, Y)

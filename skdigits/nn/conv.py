@@ -408,12 +408,12 @@ class Conv2D(Layer):
         new = self._array(training)
         U = winograd.kernel_transform(self.params["W"], new("U", (4, 4, c, f))).reshape(16, c, f)
         A = new("A", (n, 2 * th, 2 * tw, f))
-        chunks = []  # what the backward pass needs: (V, Y) of each chunk
+        V_chunks = []
         for k, rows in enumerate(self._chunks(n)):
             nc = rows.stop - rows.start
             S = winograd.split_columns(X[rows], top, left,
                                        new(("X_tiles", nc), (nc, 2 * th + 2, 2, tw + 1, c)))
-            # Training keeps every chunk's V and Y for the backward pass.
+            # Training keeps every chunk's V for the backward pass.
             V = winograd.input_transform(S, th, tw, new(("rows", nc), (4, nc, th, 2, tw + 1, c)),
                                          new(f"V{k}" if training else "V", (4, 4, nc, th, tw, c)))
             M = np.matmul(V.reshape(16, -1, c), U, out=new(("M", nc), (16, nc * th * tw, f)))
@@ -422,13 +422,13 @@ class Conv2D(Layer):
             # position (1, 1) reaches all four outputs, in a quarter of a pass.
             M[1, 1] += self.params["b"]
             Y = winograd.output_transform(M, new(("cols", nc), (4, 2, nc, th, tw, f)),
-                                          new(f"Y{k}" if training else "Y", (2, 2, nc, th, tw, f)))
+                                          new(("Y", nc), (2, 2, nc, th, tw, f)))
             ACTIVATIONS[self.activation](Y)
             winograd.merge_tiles(Y, A[rows])
             if training:
-                chunks.append((V, Y))
+                V_chunks.append(V)
         if training:
-            self._chunks_saved, self._U, self._A = chunks, U, A
+            self._V, self._U, self._A = V_chunks, U, A
         return A[:, :self.h_out, :self.w_out]  # the whole buffer unless a side is odd
 
     def _backward_winograd(self, dA, need_input_grad):
@@ -451,14 +451,13 @@ class Conv2D(Layer):
         ones = self._ones((chunks[0].stop - chunks[0].start) * th * tw)
         for k, rows in enumerate(chunks):
             nc = rows.stop - rows.start
-            V, Y = self._chunks_saved[k]
-            # d loss / d (pre-activation), in the tiles' layout.
-            dZ = winograd.split_tiles(dA[rows], self._buffer(("dY", nc), Y.shape))
-            DERIVATIVES[self.activation](Y, dZ)
+            # d loss / d (pre-activation), then in the tiles' layout.
+            dZ = DERIVATIVES[self.activation](self._A[rows], dA[rows])
+            dZ = winograd.split_tiles(dZ, self._buffer(("Y", nc), (2, 2, nc, th, tw, f)))
             dM = self._buffer(("M", nc), (16, nc * th * tw, f))
             winograd.output_transform_adjoint(dZ, self._buffer(("cols", nc), (4, 2, nc, th, tw, f)),
                                               dM.reshape(4, 4, nc, th, tw, f))
-            V = V.reshape(16, -1, c)
+            V = self._V[k].reshape(16, -1, c)
             # dM[1, 1] of a tile is the sum of its 2x2 block of dZ (see forward).
             if k == 0:
                 np.matmul(V.transpose(0, 2, 1), dM, out=dU)
