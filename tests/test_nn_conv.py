@@ -2,16 +2,22 @@
 
 import itertools
 import pickle
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
-from skdigits.nn import conv
+import skdigits.nn.parallel
+from skdigits import NumpyCNNClassifier
+from skdigits.nn import conv, winograd
 from skdigits.nn.conv import Conv2D, Flatten, MaxPool2D
 from skdigits.nn.initializers import INITIALIZERS
 from skdigits.nn.layers import Dense
-from skdigits.nn.network import Network
+from skdigits.nn.network import PREDICT_CHUNK, Network
+from skdigits.nn.parallel import DataParallel
 
 
 # --------------------------------------------------------------- references
@@ -40,6 +46,36 @@ def conv2d_naive(X, W, b, stride=1, padding="valid"):
             patch = X[:, y * sh:y * sh + kh, x * sw:x * sw + kw, :]
             out[:, y, x, :] = np.tensordot(patch, W, axes=3) + b
     return out
+
+
+def conv2d_backward_naive(X, W, dZ, stride=1, padding="valid"):
+    """Gradients of ``sum(dZ * conv2d_naive(X, W, b))`` by explicit loops over
+    samples, output positions and kernel offsets: every product
+    ``X_padded[s, y * sh + i, x * sw + j, :] * W[i, j]`` that made output
+    (s, y, x) sends ``dZ[s, y, x]`` back to both factors.
+
+    X (n, h, w, c_in), W (kh, kw, c_in, f), dZ (n, h_out, w_out, f)
+    -> (dX like X, dW like W, db (f,)).
+    """
+    kh, kw, _, _ = W.shape
+    sh, sw = (stride, stride) if np.ndim(stride) == 0 else stride
+    (top, bottom), (left, right) = (0, 0), (0, 0)
+    if padding == "same":
+        top, bottom = _same_pad(X.shape[1], kh, sh)
+        left, right = _same_pad(X.shape[2], kw, sw)
+    Xp = np.pad(X, [(0, 0), (top, bottom), (left, right), (0, 0)])
+    dXp, dW = np.zeros_like(Xp), np.zeros_like(W)
+    n, h_out, w_out, _ = dZ.shape
+    for s in range(n):
+        for y in range(h_out):
+            for x in range(w_out):
+                g = dZ[s, y, x]
+                for i in range(kh):
+                    for j in range(kw):
+                        dW[i, j] += np.outer(Xp[s, y * sh + i, x * sw + j], g)
+                        dXp[s, y * sh + i, x * sw + j] += W[i, j] @ g
+    dX = dXp[:, top:top + X.shape[1], left:left + X.shape[2]]
+    return dX, dW, dZ.sum(axis=(0, 1, 2))
 
 
 def maxpool_naive(X, pool_size=2, stride=None):
@@ -125,22 +161,96 @@ CONV_CASES = [
     (4, 6, 7, 3, 2, (2, 3), (1, 2), "same"),  # even kernel: asymmetric padding
     (4, 9, 9, 8, 4, 3, 1, "valid"),  # enough channels for the single-copy im2col
     (4, 9, 9, 8, 4, 3, 2, "same"),
+    # 3x3 of stride 1 (Winograd too): odd and even sides, chunks of 2 images
+    # with a smaller last one, outputs of a single pixel.
+    (5, 5, 8, 3, 4, 3, 1, "same"),
+    (3, 6, 7, 4, 3, 3, 1, "valid"),
+    (2, 3, 3, 2, 3, 3, 1, "valid"),
+    (2, 1, 1, 2, 3, 3, 1, "same"),
+    (1, 2, 9, 1, 2, 3, 1, "same"),
 ]
 
+#: The ways Conv2D computes: both im2col branches of the direct algorithm, forced
+#: whatever the number of channels, and Winograd.
+PATHS = ["sliced", "single_copy", "winograd"]
 
-@pytest.mark.parametrize("n, h, w, c, f, k, s, padding", CONV_CASES)
-@pytest.mark.parametrize("im2col", ["sliced", "single_copy"])
-def test_conv2d_forward_matches_naive(monkeypatch, im2col, n, h, w, c, f, k, s, padding):
-    # Force either im2col strategy, whatever the number of channels.
-    monkeypatch.setattr(conv, "_SLICED_IM2COL_MAX_BYTES", 10**9 if im2col == "sliced" else 0)
+
+def _winograd_applies(case):
+    kernel, stride = case[5], case[6]
+    return kernel == 3 and stride == 1
+
+
+PATH_CASES = [(path, case) for case in CONV_CASES for path in PATHS
+              if path != "winograd" or _winograd_applies(case)]
+
+
+def _force_path(monkeypatch, path):
+    """Patch the im2col branch (direct paths) or cut Winograd's chunks to 2
+    images (so batches run as several chunks); return Conv2D's algorithm."""
+    monkeypatch.setattr(conv, "_SLICED_IM2COL_MAX_BYTES", 10**9 if path == "sliced" else 0)
+    monkeypatch.setattr(conv, "_winograd_chunk_images", lambda *shape: 2)
+    return "winograd" if path == "winograd" else "direct"
+
+
+@pytest.mark.parametrize("path, case", PATH_CASES)
+def test_conv2d_forward_matches_naive(monkeypatch, path, case):
+    n, h, w, c, f, k, s, padding = case
+    algorithm = _force_path(monkeypatch, path)
     rng = np.random.default_rng(0)
-    layer = _standalone(Conv2D(f, k, s, padding, activation="identity"), (h, w, c))
+    layer = _standalone(Conv2D(f, k, s, padding, activation="identity", algorithm=algorithm),
+                        (h, w, c))
+    assert layer.algorithm_ == algorithm
     X = rng.standard_normal((n, h, w, c))
     expected = conv2d_naive(X, layer.params["W"], layer.params["b"], s, padding)
     for training in (False, True):
         out = layer.forward(X, training=training)
         assert out.shape == expected.shape and out.dtype == np.float64
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu"])
+@pytest.mark.parametrize("path, case", PATH_CASES)
+def test_conv2d_backward_matches_naive(monkeypatch, path, case, activation):
+    n, h, w, c, f, k, s, padding = case
+    algorithm = _force_path(monkeypatch, path)
+    rng = np.random.default_rng(1)
+    layer = _standalone(Conv2D(f, k, s, padding, activation=activation, algorithm=algorithm),
+                        (h, w, c))
+    X = rng.standard_normal((n, h, w, c))
+    A = layer.forward(X, training=True)
+    dA = rng.standard_normal(A.shape)
+    dX = layer.backward(dA.copy())
+    dZ = dA * (A > 0) if activation == "relu" else dA
+    dX_ref, dW_ref, db_ref = conv2d_backward_naive(X, layer.params["W"], dZ, s, padding)
+    assert dX.shape == X.shape
+    np.testing.assert_allclose(dX, dX_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], dW_ref, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(layer.grads["b"], db_ref, rtol=0, atol=1e-11)
+    # The first layer of a network skips dX, not the parameter gradients.
+    layer.grads["W"][...] = 0
+    layer.forward(X, training=True)
+    assert layer.backward(dA.copy(), need_input_grad=False) is None
+    np.testing.assert_allclose(layer.grads["W"], dW_ref, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_conv2d_float32_matches_naive(monkeypatch, path):
+    """Rounding of every path in float32, against the float64 reference."""
+    algorithm = _force_path(monkeypatch, path)
+    rng = np.random.default_rng(2)
+    layer = _standalone(Conv2D(16, 3, padding="same", algorithm=algorithm), (12, 10, 24),
+                        dtype="float32", init="he")
+    X = rng.random((5, 12, 10, 24), dtype=np.float32)
+    W64 = layer.params["W"].astype(np.float64)
+    Z = conv2d_naive(X.astype(np.float64), W64, layer.params["b"].astype(np.float64), 1, "same")
+    A = layer.forward(X, training=True)
+    scale = np.abs(Z).max()
+    np.testing.assert_allclose(A, np.maximum(Z, 0), rtol=0, atol=1e-6 * scale)
+    dA = rng.standard_normal(A.shape).astype(np.float32)
+    dX = layer.backward(dA.copy())
+    dX_ref, dW_ref, _ = conv2d_backward_naive(X.astype(np.float64), W64, dA * (Z > 0), 1, "same")
+    np.testing.assert_allclose(dX, dX_ref, rtol=0, atol=1e-5 * np.abs(dX_ref).max())
+    np.testing.assert_allclose(layer.grads["W"], dW_ref, rtol=0, atol=1e-5 * np.abs(dW_ref).max())
 
 
 def test_conv2d_output_shapes_and_relu():
@@ -174,19 +284,150 @@ def test_invalid_arguments():
         MaxPool2D(3).build((2, 5, 1), "float64")
     with pytest.raises(ValueError, match="h, w, c"):
         Conv2D(4).build((16,), "float64")
+    with pytest.raises(ValueError, match="'fft'"):
+        Conv2D(4, algorithm="fft")
+    with pytest.raises(ValueError, match=r"3x3 kernel of stride 1.*\(5, 5\)"):
+        Conv2D(4, 5, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"3x3 kernel of stride 1.*stride=\(2, 2\)"):
+        Conv2D(4, 3, stride=2, algorithm="winograd")
+
+
+@pytest.mark.parametrize("kwargs, c_in, expected", [
+    ({}, conv._WINOGRAD_MIN_CHANNELS, "winograd"),
+    ({"padding": "same"}, 64, "winograd"),
+    ({}, conv._WINOGRAD_MIN_CHANNELS - 1, "direct"),   # too few channels to pay
+    ({"kernel_size": 5}, 64, "direct"),
+    ({"stride": 2}, 64, "direct"),
+    ({"algorithm": "direct"}, 64, "direct"),
+    ({"algorithm": "winograd"}, 1, "winograd"),
+])
+def test_conv2d_algorithm_choice(kwargs, c_in, expected):
+    """'auto' decides from the layer's shape at build time, never per batch."""
+    layer = Conv2D(4, **kwargs)
+    layer.build((9, 9, c_in), "float32")
+    assert layer.algorithm_ == expected
+
+
+def test_conv2d_saved_without_algorithm_computes_directly():
+    """A layer saved before the keyword existed has no 'algorithm' in its
+    state; it loads as 'direct' and so computes exactly as it did."""
+    layer = _standalone(Conv2D(4, padding="same"), (6, 6, 16))
+    assert layer.algorithm_ == "winograd"
+    state = layer.__getstate__()
+    del state["algorithm"], state["algorithm_"]
+    old = Conv2D.__new__(Conv2D)
+    old.__dict__.update(state)
+    old.build((6, 6, 16), "float64")
+    assert old.algorithm_ == "direct"
+    assert pickle.loads(pickle.dumps(layer)).algorithm == "auto"
+
+
+# ------------------------------------------------------------ Winograd maths
+def _correlate_valid(d, g):
+    """2-D cross-correlation of an image d with kernel g, 'valid' outputs."""
+    kh, kw = g.shape
+    return np.array([[np.sum(d[y:y + kh, x:x + kw] * g) for x in range(d.shape[1] - kw + 1)]
+                     for y in range(d.shape[0] - kh + 1)])
+
+
+def test_winograd_identity():
+    """Y = A^T [(G g G^T) * (B^T d B)] A is the 2x2 correlation of a 4x4 tile."""
+    rng = np.random.default_rng(10)
+    B_T, G, A_T = winograd.B_T, winograd.G, winograd.A_T
+    for _ in range(5):
+        d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+        Y = A_T @ ((G @ g @ G.T) * (B_T @ d @ B_T.T)) @ A_T.T
+        np.testing.assert_allclose(Y, _correlate_valid(d, g), rtol=0, atol=1e-12)
+
+
+def _tiles_of(S, th, tw):
+    """The 4x4 input tiles of a column-split padded image, by slicing: (n, th, tw, 4, 4, c)."""
+    image = np.empty(S.shape[:2] + (2 * S.shape[3],) + S.shape[4:])
+    image[:, :, 0::2], image[:, :, 1::2] = S[:, :, 0], S[:, :, 1]
+    return np.stack([np.stack([image[:, 2 * y:2 * y + 4, 2 * x:2 * x + 4] for x in range(tw)], 1)
+                     for y in range(th)], 1)
+
+
+def test_winograd_transforms_are_the_matrix_formulas():
+    """Every tile of the vectorised transforms against the 4x4 matrix products."""
+    rng = np.random.default_rng(11)
+    n, th, tw, c, f = 2, 3, 2, 3, 4
+    S = rng.standard_normal((n, 2 * th + 2, 2, tw + 1, c))
+    V = winograd.input_transform(S, th, tw, np.empty((4, n, th, 2, tw + 1, c)),
+                                 np.empty((4, 4, n, th, tw, c)))
+    expected = np.einsum("ak,ntsklc,bl->abntsc", winograd.B_T, _tiles_of(S, th, tw), winograd.B_T)
+    np.testing.assert_allclose(V, expected, rtol=0, atol=1e-12)
+
+    M = rng.standard_normal((4, 4, n, th, tw, f))
+    Y = winograd.output_transform(M, np.empty((4, 2, n, th, tw, f)), np.empty((2, 2, n, th, tw, f)))
+    expected = np.einsum("ak,klntsf,bl->abntsf", winograd.A_T, M, winograd.A_T)
+    np.testing.assert_allclose(Y, expected, rtol=0, atol=1e-12)
+
+    W = rng.standard_normal((3, 3, c, f))
+    U = winograd.kernel_transform(W, np.empty((4, 4, c, f)))
+    np.testing.assert_allclose(U, np.einsum("ai,ijcf,bj->abcf", winograd.G, W, winograd.G),
+                               rtol=0, atol=1e-12)
+
+
+def _inner(a, b):
+    return float(np.sum(a * b))
+
+
+def test_winograd_adjoints():
+    """Each backward transform is the transpose of its forward one:
+    <T x, y> == <x, T* y> for random x and y."""
+    rng = np.random.default_rng(12)
+    n, th, tw, c, f = 3, 2, 4, 2, 5
+    S = rng.standard_normal((n, 2 * th + 2, 2, tw + 1, c))
+    dV = rng.standard_normal((4, 4, n, th, tw, c))
+    cols = np.empty((4, n, th, 2, tw + 1, c))
+    V = winograd.input_transform(S, th, tw, cols.copy(), np.empty_like(dV))
+    dS = winograd.input_transform_adjoint(dV, th, tw, cols, np.full_like(S, np.nan))
+    assert _inner(V, dV) == pytest.approx(_inner(S, dS), rel=1e-12)
+
+    M, dY = rng.standard_normal((4, 4, n, th, tw, f)), rng.standard_normal((2, 2, n, th, tw, f))
+    scratch = np.empty((4, 2, n, th, tw, f))
+    Y = winograd.output_transform(M, scratch, np.empty_like(dY))
+    dM = winograd.output_transform_adjoint(dY, scratch, np.empty_like(M))
+    assert _inner(Y, dY) == pytest.approx(_inner(M, dM), rel=1e-12)
+
+    W, dU = rng.standard_normal((3, 3, c, f)), rng.standard_normal((4, 4, c, f))
+    U = winograd.kernel_transform(W, np.empty_like(dU))
+    dW = winograd.kernel_transform_adjoint(dU, np.empty_like(W))
+    assert _inner(U, dU) == pytest.approx(_inner(W, dW), rel=1e-12)
+
+
+@pytest.mark.parametrize("h, w, top, left", [(5, 6, 1, 1), (4, 7, 0, 0), (3, 3, 1, 0)])
+def test_winograd_layouts_round_trip(h, w, top, left):
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((2, h, w, 3))
+    S = np.full((2, h + top + 2, 2, (w + left + 3) // 2, 3), np.nan)
+    winograd.split_columns(X, top, left, S)
+    assert np.isfinite(S).all()  # the frame around the image is zeroed
+    assert np.sum(S) == pytest.approx(np.sum(X))
+    np.testing.assert_array_equal(winograd.merge_columns(S, top, left, np.empty_like(X)), X)
+    image = rng.standard_normal((2, 2 * h, 2 * w, 3))
+    tiles = winograd.split_tiles(image, np.empty((2, 2, 2, h, w, 3)))
+    # Output (2 ty + a, 2 tx + b) sits at [a, b, :, ty, tx].
+    np.testing.assert_array_equal(tiles[1, 0, :, h - 1, w - 1], image[:, 2 * h - 1, 2 * w - 2])
+    np.testing.assert_array_equal(winograd.merge_tiles(tiles, np.empty_like(image)), image)
 
 
 # ------------------------------------------------------------ gradient checks
 @pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
-@pytest.mark.parametrize("n, h, w, c, f, k, s, padding", [
-    (2, 6, 5, 2, 3, 3, 1, "valid"),
-    (1, 6, 7, 3, 2, 3, 2, "same"),
-    (2, 5, 5, 1, 2, (2, 3), (2, 1), "same"),
-    (2, 7, 6, 5, 2, 3, 2, "valid"),
+@pytest.mark.parametrize("algorithm, n, h, w, c, f, k, s, padding", [
+    ("direct", 2, 6, 5, 2, 3, 3, 1, "valid"),
+    ("direct", 1, 6, 7, 3, 2, 3, 2, "same"),
+    ("direct", 2, 5, 5, 1, 2, (2, 3), (2, 1), "same"),
+    ("direct", 2, 7, 6, 5, 2, 3, 2, "valid"),
+    ("winograd", 2, 6, 5, 2, 3, 3, 1, "valid"),
+    ("winograd", 3, 5, 6, 3, 2, 3, 1, "same"),
 ])
-def test_conv2d_gradients(activation, n, h, w, c, f, k, s, padding):
+def test_conv2d_gradients(monkeypatch, activation, algorithm, n, h, w, c, f, k, s, padding):
+    monkeypatch.setattr(conv, "_winograd_chunk_images", lambda *shape: 2)
     rng = np.random.default_rng(2)
-    layer = _standalone(Conv2D(f, k, s, padding, activation=activation), (h, w, c))
+    layer = _standalone(Conv2D(f, k, s, padding, activation=activation, algorithm=algorithm),
+                        (h, w, c))
     X = rng.standard_normal((n, h, w, c))
     kink = None
     if activation == "relu":
@@ -267,12 +508,40 @@ def _digit_cnn(dtype, seed=0):
     return net.build((9, 9, 1), np.random.RandomState(seed), init="he")
 
 
+def _winograd_cnn(dtype, seed=0):
+    """The estimator's shape of network, small: its second convolution
+    (16 input channels, an odd 5x5 side) takes Winograd."""
+    layers = [Conv2D(16, 3, padding="same"), MaxPool2D(2),
+              Conv2D(6, 3, padding="same"), MaxPool2D(2), Flatten(),
+              Dense(12, "relu"), Dense(10)]
+    net = Network(layers, "softmax", dtype).build((10, 10, 1), np.random.RandomState(seed),
+                                                  init="he")
+    assert [layer.algorithm_ for layer in net.layers[::2][:2]] == ["direct", "winograd"]
+    return net
+
+
+def test_winograd_network_gradient(monkeypatch):
+    monkeypatch.setattr(conv, "_winograd_chunk_images", lambda *shape: 2)
+    rng = np.random.default_rng(14)
+    # Smooth activations: no kinks to step over.
+    layers = [Conv2D(3, 3, padding="same", activation="tanh"), MaxPool2D(2),
+              Conv2D(4, 3, padding="same", activation="tanh", algorithm="winograd"),
+              Flatten(), Dense(4)]
+    net = Network(layers, "softmax", "float64").build((6, 6, 1), np.random.RandomState(0))
+    X = rng.permutation(5 * 36).reshape(5, 6, 6, 1) / 36.0
+    Y = np.eye(4)[rng.integers(0, 4, 5)]
+    net.loss_and_gradient(X, Y, alpha=0.1)
+    analytic = net.grads.copy()
+    numeric = _numerical_grad(lambda: net.loss_and_gradient(X, Y, alpha=0.1), net.params)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
+
+
 def _pixel_rows(net, n, seed, dtype=np.float32):
     """Random images as the estimators pass them: 2-D rows of pixels."""
     return np.random.default_rng(seed).random((n, int(np.prod(net.input_shape)))).astype(dtype)
 
 
-@pytest.mark.parametrize("make", [_small_cnn, _digit_cnn])
+@pytest.mark.parametrize("make", [_small_cnn, _digit_cnn, _winograd_cnn])
 def test_prediction_does_not_depend_on_batch(make):
     net = make("float32")
     X = _pixel_rows(net, 300, 6)
@@ -282,7 +551,7 @@ def test_prediction_does_not_depend_on_batch(make):
     np.testing.assert_array_equal(net.predict_logits(X[250:260]), together[250:260])
 
 
-@pytest.mark.parametrize("make", [_small_cnn, _digit_cnn])
+@pytest.mark.parametrize("make", [_small_cnn, _digit_cnn, _winograd_cnn])
 def test_float32_matches_float64(make):
     net64, net32 = make("float64"), make("float32")
     X = _pixel_rows(net64, 40, 7, np.float64)
@@ -327,8 +596,44 @@ def test_inference_keeps_no_state_and_training_reuses_buffers():
     np.testing.assert_array_equal(net.forward(X), out)
 
 
-def test_concurrent_predictions_agree():
-    net = _digit_cnn("float32")
+def test_winograd_chunk_sizes():
+    # MNIST's second layer: 7x7 tiles of 32 -> 64 channels, chunks of 8 images.
+    assert conv._winograd_chunk_images(49, 32, 64) == 8
+    assert conv._winograd_chunk_images(2, 32, 64) == 256   # small images: few, large chunks
+    assert conv._winograd_chunk_images(10**6, 512, 512) == 1
+    sizes = [conv._winograd_chunk_images(t, c, f) for t in (1, 3, 49, 300) for c, f in
+             [(8, 8), (32, 64), (100, 3)]]
+    assert all(size & (size - 1) == 0 and (PREDICT_CHUNK % size == 0 or size > PREDICT_CHUNK)
+               for size in sizes)
+
+
+def test_winograd_inference_keeps_no_state_and_training_reuses_buffers(monkeypatch):
+    monkeypatch.setattr(conv, "_winograd_chunk_images", lambda *shape: 8)
+    net = _winograd_cnn("float32")
+    layer = net.layers[2]
+    X = np.random.default_rng(15).random((20, 10, 10, 1), dtype=np.float32)
+    out = net.forward(X)
+    assert all(not layer._buffers for layer in net.layers)
+    assert not hasattr(layer, "_V")
+
+    Y = np.eye(10, dtype=np.float32)[np.arange(20) % 10]
+    net.loss_and_gradient(X, Y)
+    first, buffers = net.grads.copy(), dict(layer._buffers)
+    net.loss_and_gradient(X, Y)  # the same batch size reuses every buffer
+    assert all(layer._buffers[key] is buffer for key, buffer in buffers.items())
+    # 20 images are chunks of 8, 8 and 4; scratch space is kept per chunk
+    # size, so a batch of 3 leaves the 8-image chunks' space alone.
+    assert ("M", 8) in buffers and ("M", 4) in buffers
+    net.loss_and_gradient(X[:3], Y[:3])
+    assert layer._buffers[("M", 8)] is buffers[("M", 8)]
+    net.loss_and_gradient(X, Y)
+    np.testing.assert_array_equal(net.grads, first)
+    np.testing.assert_array_equal(net.forward(X), out)
+
+
+@pytest.mark.parametrize("make", [_digit_cnn, _winograd_cnn])
+def test_concurrent_predictions_agree(make):
+    net = make("float32")
     X = _pixel_rows(net, 64, 10)
     expected = net.predict_logits(X)
     images = X.reshape((64,) + net.input_shape)
@@ -350,3 +655,45 @@ def test_layers_take_batch_of_one_in_both_dtypes():
         pool = MaxPool2D(2)
         pool.build(A.shape[1:], dtype)
         assert pool.forward(A, training=True).dtype == dtype
+
+
+def test_winograd_replicas_compute_shards_at_once(monkeypatch):
+    """Two replicas (copy.copy, then build: each with its own buffers) compute
+    the two row shards of every batch on two threads: the same bits as one
+    after the other."""
+    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS", 1)
+    rng = np.random.default_rng(16)
+    X = rng.random((40, 10, 10, 1), dtype=np.float32)
+    Y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 40)]
+    results = []
+    for concurrent in (False, True):
+        net = _winograd_cnn("float32")
+        with DataParallel(net, concurrent) as parallel:
+            losses = []
+            for step in range(3):
+                losses.append(parallel.loss_and_gradient(X, Y, alpha=1e-3, step=step))
+                net.params -= np.float32(0.05) * net.grads
+        assert parallel._twin.layers[2].algorithm_ == "winograd"
+        results.append((losses, net.params.copy()))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_winograd_cnn_fit_independent_of_blas_threads():
+    """The estimator with a Winograd layer: bit-identical fits whether the
+    BLAS setting allows one thread or two (shards then run at once)."""
+    rng = np.random.RandomState(0)
+    X = rng.uniform(size=(150, 64)).astype(np.float32)
+    y = rng.randint(10, size=150)
+    fits = []
+    for threads in (1, 2):
+        model = NumpyCNNClassifier(conv_filters=(16, 8), hidden_layer_sizes=(16,), max_iter=2,
+                                   batch_size=50, random_state=0)
+        with threadpool_limits(threads, user_api="blas"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(X, y)
+        fits.append((model, model.predict_proba(X)))
+    (one, proba_one), (two, proba_two) = fits
+    assert one._network.layers[2].algorithm_ == "winograd"
+    np.testing.assert_array_equal(one._network.params, two._network.params)
+    np.testing.assert_array_equal(proba_one, proba_two)
