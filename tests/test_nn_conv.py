@@ -10,14 +10,14 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-import skdigits.nn.parallel
+import skdigits.concurrency
 from skdigits import NumpyCNNClassifier
 from skdigits.nn import conv, winograd
 from skdigits.nn.conv import Conv2D, Flatten, MaxPool2D
 from skdigits.nn.initializers import INITIALIZERS
 from skdigits.nn.layers import Dense
 from skdigits.nn.network import PREDICT_CHUNK, Network
-from skdigits.nn.parallel import DataParallel
+from skdigits.concurrency import DataParallel
 
 
 # --------------------------------------------------------------- references
@@ -661,7 +661,7 @@ def test_winograd_replicas_compute_shards_at_once(monkeypatch):
     """Two replicas (copy.copy, then build: each with its own buffers) compute
     the two row shards of every batch on two threads: the same bits as one
     after the other."""
-    monkeypatch.setattr(skdigits.nn.parallel, "SHARD_MIN_MULTIPLY_ADDS", 1)
+    monkeypatch.setattr(skdigits.concurrency, "SHARD_MIN_MULTIPLY_ADDS", 1)
     rng = np.random.default_rng(16)
     X = rng.random((40, 10, 10, 1), dtype=np.float32)
     Y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 40)]
