@@ -136,6 +136,7 @@ def trusted_types():
         preprocessing, and ``numpy.dtype``.
     """
     from .cnn import NumpyCNNClassifier
+    from .augmentation import Augmentation
     from .data.images import ImageTransformer
     from .mlp import NumpyMLPClassifier, NumpyMLPRegressor
     from .nn.conv import Conv2D, Flatten, MaxPool2D
@@ -147,7 +148,7 @@ def trusted_types():
 
     classes = [NumpyMLPClassifier, NumpyMLPRegressor, NumpyCNNClassifier, Network, Dense,
                Dropout, Conv2D, MaxPool2D, Flatten, BatchNorm, Activation, Adam, SGD,
-               TrainingHistory, ImageTransformer]
+               TrainingHistory, ImageTransformer, Augmentation]
     return sorted({_type_name(cls) for cls in classes} | set(_NUMPY_TYPES))
 
 

@@ -190,12 +190,28 @@ def test_train_without_validation(capsys, data, tmp_path):
 
 
 def test_train_reports_how_it_stopped_and_each_warning_once(capsys, data, tmp_path):
-    code, out, err = run(capsys, "train", data.train, "-o", tmp_path / "m.skops", *FAST)
+    code, out, err = run(capsys, "train", data.train, "-o", tmp_path / "m.skops", *FAST,
+                         "--lr-schedule", "none")
     assert code == 0
     assert "Trained 3 epochs in " in out and "(stopped by --epochs)" in out
     # The estimator's own ConvergenceWarning text, once; no advice of our own.
     warned = [line for line in err.splitlines() if line.startswith("Warning: ")]
     assert len(warned) == 1 and "Maximum iterations (3) reached" in warned[0]
+
+
+def test_default_recipe_runs_its_schedule_to_the_end_without_warning(capsys, data, tmp_path):
+    from skdigits import load_model
+
+    path = tmp_path / "m.skops"
+    code, out, err = run(capsys, "train", data.train, "-o", path, *FAST)
+    assert code == 0 and "(stopped by --epochs)" in out
+    assert not [line for line in err.splitlines() if line.startswith("Warning: ")]
+    clf = load_model(path).steps[-1][1]
+    assert (clf.batch_norm, clf.augment, clf.lr_schedule) == (True, "affine", "one-cycle")
+    code, out, err = run(capsys, "train", data.train, "-o", path, *FAST, "--augment", "none",
+                         "--no-batch-norm")
+    clf = load_model(path).steps[-1][1]
+    assert code == 0 and (clf.batch_norm, clf.augment) == (False, None)
 
 
 def test_diverging_training_is_an_error_and_saves_nothing(capsys, data, tmp_path):
@@ -755,7 +771,7 @@ def test_skip_bad_images_when_training_and_evaluating(capsys, folder_with_bad_im
     lines = err[err.index("Warning: "):].splitlines()
     warned = lines[:next(i for i, line in enumerate(lines) if line.startswith("epoch"))]
     assert "skipped 8 item(s)" in warned[0]
-    assert len(warned) <= 7 and warned[-1] == "  ... and 4 more"  # summarised
+    assert len(warned) <= 7 and warned[-1] == "  ... and 3 more"  # summarised
     assert err.count("load_image_folder skipped") == 1
     code, out, err = run(capsys, "evaluate", folder_with_bad_images, "-m", tmp_path / "m.skops",
                          "--skip-bad-images")

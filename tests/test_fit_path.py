@@ -435,3 +435,15 @@ def test_a_schedule_run_to_its_end_does_not_warn(digits):
     assert clf.stop_reason_ == "max_iter" and clf.n_iter_ == 3
     with pytest.warns(ConvergenceWarning):
         NumpyMLPClassifier(max_iter=3, **SMALL_MLP).fit(X, y)
+
+
+def test_a_model_with_its_own_augmentation_settings_saves_and_loads(digits, tmp_path):
+    from skdigits import load_model, save_model
+    from skdigits.augmentation import Augmentation
+
+    X, y = digits
+    clf = fit_quietly(NumpyMLPClassifier(max_iter=2, augment=Augmentation(rotation=7.0),
+                                         **SMALL_MLP), X, y)
+    loaded = load_model(save_model(clf, tmp_path / "aug.skops"))
+    assert loaded.augment.rotation == 7.0
+    np.testing.assert_array_equal(loaded.predict_proba(X[:20]), clf.predict_proba(X[:20]))

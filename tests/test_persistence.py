@@ -133,6 +133,7 @@ def test_allow_list_is_explicit():
         "skdigits.nn.optimizers.Adam",
         "skdigits.nn.optimizers.SGD",
         "skdigits.training.TrainingHistory",
+        "skdigits.augmentation.Augmentation",
     }
     assert expected <= set(names)
     assert set(names) - expected <= {"skdigits.cnn.NumpyCNNClassifier"}
