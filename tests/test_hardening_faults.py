@@ -455,15 +455,16 @@ def test_second_ctrl_c_interrupts_at_once_and_keeps_a_usable_model(monkeypatch, 
     only sets the stop flag; the second raises KeyboardInterrupt inside the
     loop at once, and the weights go back to where epoch 3 started -- never a
     half-applied update.  The signals are sent from inside the training loop
-    (a wrapper around Network.loss_and_gradient), so this is deterministic."""
+    (a wrapper around Network.data_loss_and_gradient, which every batch
+    goes through), so this is deterministic."""
     rng = np.random.RandomState(0)
     X, y = rng.rand(1000, 16), rng.randint(0, 3, 1000)
     batches_per_epoch = 5  # 1000 rows, batch_size=200
     target_batch = 2 * batches_per_epoch + 2
-    original = Network.loss_and_gradient
+    original = Network.data_loss_and_gradient
     seen = {"calls": 0, "epoch_starts": [], "flag_after_first": None, "raised_here": False}
 
-    def loss_and_gradient(self, *args, **kwargs):
+    def data_loss_and_gradient(self, *args, **kwargs):
         call = seen["calls"]
         seen["calls"] += 1
         if call % batches_per_epoch == 0:
@@ -480,7 +481,7 @@ def test_second_ctrl_c_interrupts_at_once_and_keeps_a_usable_model(monkeypatch, 
                 raise
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Network, "loss_and_gradient", loss_and_gradient)
+    monkeypatch.setattr(Network, "data_loss_and_gradient", data_loss_and_gradient)
     est = make(name, max_iter=50, batch_size=200, tol=0.0, n_iter_no_change=np.inf)
     previous = signal.getsignal(signal.SIGINT)
     with warnings.catch_warnings(record=True) as caught:
