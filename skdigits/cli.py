@@ -759,7 +759,7 @@ def train(args):
 def _short_params(estimator):
     params = estimator.get_params(deep=False)
     keys = ("hidden_layer_sizes", "max_iter", "batch_size", "learning_rate_init", "alpha",
-            "random_state")
+            "batch_norm", "augment", "lr_schedule", "random_state")
     return ", ".join(f"{k}={params[k]!r}" for k in keys if k in params)
 
 

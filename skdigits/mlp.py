@@ -176,8 +176,11 @@ _SHARED_ATTRIBUTES = """\
         stopping rule on ``tol`` / ``n_iter_no_change`` was met, or L-BFGS
         converged), 'max_iter' (the ``max_iter`` or ``max_fun`` budget ran
         out, with a ConvergenceWarning), 'interrupted' (Ctrl-C), 'callback'
-        (a ``sklearn.callback`` callback asked to stop) or 'partial_fit' (the
-        one epoch of ``partial_fit`` is done).
+        (a ``sklearn.callback`` callback asked to stop), 'partial_fit' (the
+        one epoch of ``partial_fit`` is done) or 'diverged' (with early
+        stopping, the loss turned non-finite: the fit ends on the best
+        weights with a ConvergenceWarning; without early stopping a diverging
+        fit raises ValueError instead).
     coefs_ : list of ndarray
         Weight matrix of each layer, shape (fan_in, fan_out), in ``dtype``
         ($peer keeps the input's dtype instead).  Views of the

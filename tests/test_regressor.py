@@ -34,7 +34,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skdigits import NumpyMLPClassifier, NumpyMLPRegressor, load_model, save_model
-from skdigits.training import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
@@ -404,9 +403,8 @@ def test_nan_in_x_at_predict_names_the_row():
 
 
 def test_huge_inputs_raise_and_keep_finite_weights():
-    # scikit-learn's test_nonfinite_params: MLPRegressor trains on, its weights
-    # turn non-finite and it then raises; ours stops at the first non-finite
-    # loss, blames the inputs, and keeps finite weights.
+    # scikit-learn's test_nonfinite_params, with its message; ours stops at the
+    # first non-finite loss, blames the inputs, and keeps finite weights.
     rng = np.random.RandomState(0)
     X = np.finfo(np.float64).max * rng.uniform(size=(10, 2))
     y = rng.standard_normal(size=10)
@@ -417,21 +415,20 @@ def test_huge_inputs_raise_and_keep_finite_weights():
     assert all(np.all(np.isfinite(p)) for p in _params(reg))
 
 
-def test_diverging_fit_with_early_stopping_raises_and_keeps_the_best_weights():
-    # scikit-learn's test_mlp_diverging_loss: MLPRegressor ends this fit without
-    # an error and a NaN validation score.  Ours records the NaN score of the
-    # epoch whose predictions overflowed, raises on the next epoch's non-finite
-    # loss naming the learning rate, and keeps the best model.
+def test_diverging_fit_with_early_stopping_ends_on_the_best_weights():
+    # scikit-learn's test_mlp_diverging_loss: the fit ends without an error, a
+    # NaN validation score last; ours also warns, naming the learning rate,
+    # says why it stopped, and keeps the best model.
     from sklearn.datasets import load_iris
 
     X, y = load_iris(return_X_y=True)
     reg = NumpyMLPRegressor(hidden_layer_sizes=100, activation="identity", solver="sgd",
                             learning_rate_init=1, max_iter=20, early_stopping=True,
                             random_state=0)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        with pytest.raises(TrainingDiverged, match="learning_rate_init=1"):
-            reg.fit(X, y)
+    with np.errstate(all="ignore"), pytest.warns(ConvergenceWarning,
+                                                 match="learning_rate_init=1.*best weights"):
+        reg.fit(X, y)
+    assert reg.stop_reason_ == "diverged"
     scores = reg.validation_scores_
     assert isinstance(scores[-1], float) and np.isnan(scores[-1])
     assert np.all(np.isfinite(scores[:-1]))

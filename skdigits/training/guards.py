@@ -19,7 +19,10 @@ def divergence_error(epoch, loss, learning_rate=None):
     the data, not the step size, is to blame.
     """
     if learning_rate is None:
-        cause = "The inputs are probably too large; scale them (e.g. with StandardScaler)."
+        # MLPClassifier's words for this case first, then ours.
+        cause = ("Solver produced non-finite parameter weights. The input data may contain "
+                 "large values and need to be preprocessed: the inputs are probably too "
+                 "large; scale them (e.g. with StandardScaler).")
     else:
         cause = (f"The learning rate (learning_rate_init={learning_rate:g}) is probably "
                  "too large for this data; lower it, or scale the inputs (e.g. with "
@@ -110,21 +113,33 @@ class DivergenceGuard:
         """Back to this epoch's start (a batch in flight may be half applied)."""
         restore(self.network, self._epoch_start)
 
-    def check_loss(self, loss, history, first_batch_of_epoch):
-        """Raise :class:`TrainingDiverged`, model restored, for a non-finite loss."""
+    def diverged(self, loss, history, first_batch_of_epoch):
+        """Whether a non-finite ``loss`` ends the fit; the model is restored.
+
+        With early stopping's best model at hand, the fit ends there with a
+        ConvergenceWarning and this returns True (as MLPClassifier keeps its
+        best weights when the loss diverges).  Without one it raises
+        :class:`TrainingDiverged`.  A finite loss returns False.
+        """
         if np.isfinite(loss):
-            return
+            return False
         before_any_update = history.n_iter == 0 and first_batch_of_epoch and not history.t
+        error = divergence_error(history.n_iter + 1, loss,
+                                 None if before_any_update else self.learning_rate)
         best = self._best()
         if best is not None:
             restore(self.network, best)
-        else:
-            restore(self.network, self._previous_start if first_batch_of_epoch
-                    else self._epoch_start)
-        raise divergence_error(history.n_iter + 1, loss,
-                               None if before_any_update else self.learning_rate)
+            warnings.warn(f"{error} Early stopping keeps its best weights (validation "
+                          f"score {history.best_validation_score:.4g}).",
+                          ConvergenceWarning, stacklevel=2)
+            return True
+        restore(self.network, self._previous_start if first_batch_of_epoch
+                else self._epoch_start)
+        raise error
 
     def check_weights(self, history):
+        # Rarer than a non-finite loss, and always an error (a step that
+        # overflowed the weights says the learning rate is far too large).
         """The last step may overflow the weights without a loss to show it."""
         if not np.all(np.isfinite(self.network.params)):
             restore(self.network, self._epoch_start)

@@ -6,7 +6,7 @@ import numpy as np
 
 #: The values of :attr:`TrainingHistory.stop_reason` (and of the
 #: estimators' ``stop_reason_``).
-STOP_REASONS = ("converged", "max_iter", "interrupted", "callback", "partial_fit")
+STOP_REASONS = ("converged", "max_iter", "interrupted", "callback", "partial_fit", "diverged")
 
 
 @dataclass

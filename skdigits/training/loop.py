@@ -61,13 +61,15 @@ class TrainingLoop:
         self._order = np.arange(len(source))
         self._interrupt = None
         self._parallel = None
+        self._stop_reason = None  # set by a step that ends the fit
 
     # ------------------------------------------------------------ the loop
     def fit(self, max_epochs):
         """Run up to ``max_epochs`` epochs; return why training stopped.
 
         'max_iter' when all epochs ran, else the reason an epoch or a
-        callback gave ('converged', 'callback', 'interrupted').
+        callback gave ('converged', 'callback', 'interrupted', or 'diverged'
+        when early stopping ended a diverging fit on its best model).
         """
         self.history.first_batch_loss = None
         self.history.warned_divergence = False
@@ -107,6 +109,8 @@ class TrainingLoop:
             loss = self.train_step(Xb, Yb, wb, first_of_epoch=index == 0)
             if loss is not None:
                 total += loss * len(positions)
+            if self._stop_reason is not None:
+                return self._stop_reason
             if self._interrupt.requested:
                 return "interrupted"
         self._record_epoch(total / len(self.source), time.perf_counter() - started)
@@ -119,7 +123,9 @@ class TrainingLoop:
         self._notify("on_batch_begin")
         history = self.history
         loss = self._parallel.loss_and_gradient(X, Y, weights, self.alpha, step=history.steps)
-        self.guard.check_loss(loss, history, first_of_epoch)
+        if self.guard.diverged(loss, history, first_of_epoch):
+            self._stop_reason = "diverged"
+            return None
         if history.first_batch_loss is None:
             history.first_batch_loss = loss
         self._parallel.step(self.optimizer)
