@@ -10,6 +10,9 @@ from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
 
 callback = pytest.importorskip("sklearn.callback", reason="scikit-learn < 1.9 has no callbacks")
 
+# The fits here stop after a few epochs on purpose.
+pytestmark = pytest.mark.usefixtures("no_convergence_warnings")
+
 
 class Recorder:
     """A FitCallback that records the tasks it sees and can ask to stop."""

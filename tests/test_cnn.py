@@ -39,7 +39,7 @@ def test_explicit_image_shape_with_channels():
     rng = np.random.RandomState(0)
     X = rng.rand(40, 6 * 4 * 3)
     y = rng.randint(0, 2, 40)
-    clf = NumpyCNNClassifier(image_shape=(6, 4, 3), **SMALL).fit(X, y)
+    clf = NumpyCNNClassifier(image_shape=(6, 4, 3), batch_size=16, **SMALL).fit(X, y)
     assert clf.image_shape_ == (6, 4, 3)
     assert clf.coefs_[0].shape == (3, 3, 3, 8)
 
@@ -54,7 +54,7 @@ def test_bad_image_shape_is_a_clear_error(digits, shape):
 def test_tiny_inputs_skip_pooling():
     rng = np.random.RandomState(0)
     X, y = rng.rand(30, 3), rng.randint(0, 3, 30)
-    clf = NumpyCNNClassifier(**SMALL).fit(X, y)
+    clf = NumpyCNNClassifier(batch_size=16, **SMALL).fit(X, y)
     assert clf.predict_proba(X).shape == (30, 3)
     assert np.isfinite(clf.predict_proba(X)).all()
 

@@ -1053,7 +1053,8 @@ def test_divergence_leaves_history_consistent_with_weights():
     # loss_curve_ holds the finite epochs and n_iter_ counts them.
     clf = NumpyMLPClassifier(hidden_layer_sizes=(16,), solver="sgd", learning_rate_init=1e6,
                              momentum=0.9, max_iter=20, random_state=0)
-    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged, match=r"epoch (\d+)") as info:
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged, match=r"epoch (\d+)") as info, \
+            pytest.warns(ConvergenceWarning, match="Training is diverging"):
         clf.fit(_DIGITS_X, DIGITS_Y)
     epoch = int(re.search(r"epoch (\d+)", str(info.value)).group(1))
     assert epoch > 1, "the scenario needs some finite epochs first"
@@ -1066,7 +1067,8 @@ def test_refit_after_divergence_equals_a_fresh_fit():
     params = dict(hidden_layer_sizes=(16,), solver="sgd", momentum=0.9, max_iter=5,
                   random_state=0, dtype="float64")
     clf = NumpyMLPClassifier(learning_rate_init=1e6, **params)
-    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged):
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged), \
+            pytest.warns(ConvergenceWarning, match="Training is diverging"):
         clf.fit(_DIGITS_X * 1e6, DIGITS_Y)
     quiet_fit(clf.set_params(learning_rate_init=0.1), X_SMALL, Y_SMALL)
     fresh = quiet_fit(NumpyMLPClassifier(learning_rate_init=0.1, **params), X_SMALL, Y_SMALL)
