@@ -358,7 +358,7 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
             start_step=0 if schedule is None else schedule.warmup_end)
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape, rows,
                              **self._augmentation_for(X.shape[1]))
-        self._history.n_iter = 0
+        self._history.n_iter, self._history.final_loss = 0, None
         loop = TrainingLoop(
             self._network, self._optimizer, source, self._history, batch_size=batch_size,
             shuffle=self.shuffle, random_state=self._random_state, alpha=self.alpha,
@@ -427,24 +427,24 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
                                  f"solver='adam' or 'sgd', not 'lbfgs' (full-batch L-BFGS "
                                  f"{why}).")
         source = BatchSource(X, Y, weights, self._network.dtype, self._input_shape)
-        self._history.loss_curve = []
+        self._history.loss_curve, self._history.final_loss = [], None
         hooks = [] if tasks is None else [tasks.lbfgs_iteration]
         result = train_lbfgs(self._network, source, alpha=self.alpha, max_iter=self.max_iter,
                              max_fun=self.max_fun, tol=self.tol, history=self._history,
                              verbose=self.verbose, iteration_callbacks=hooks,
                              concurrent=concurrent)
-        curve = self._history.loss_curve
-        self._history.best_loss = min(curve) if curve else None
+        history = self._history
+        curve = history.loss_curve
+        history.best_loss = min(curve) if curve else None
         if result is None:  # interrupted
-            self.n_iter_ = len(curve)
-            self.loss_ = curve[-1] if curve else np.nan
+            history.n_iter, history.final_loss = len(curve), curve[-1] if curve else np.nan
             return
-        self.n_iter_ = min(int(result.nit), self.max_iter)
-        self.loss_ = float(result.fun)
-        if self._history.stop_reason == "max_iter":
+        history.n_iter = min(int(result.nit), self.max_iter)
+        history.final_loss = float(result.fun)
+        if history.stop_reason == "max_iter":
             message = result.message.decode() if isinstance(result.message, bytes) else result.message
             warnings.warn(
-                f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status="
+                f"lbfgs failed to converge after {history.n_iter} iteration(s) (status="
                 f"{result.status}): {message}. Increase the number of iterations "
                 f"(max_iter={self.max_iter}) or of function evaluations "
                 f"(max_fun={self.max_fun}), or scale the data.",
@@ -460,10 +460,11 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
         self.best_loss_ = history.best_loss
         self.t_ = history.t
         self.stop_reason_ = history.stop_reason
-        if self.solver in _STOCHASTIC_SOLVERS:
-            self.n_iter_ = history.n_iter
-            if history.loss_curve:
-                self.loss_ = history.loss_curve[-1]
+        self.n_iter_ = history.n_iter
+        if history.final_loss is not None:  # L-BFGS: the loss at its solution
+            self.loss_ = history.final_loss
+        elif history.loss_curve:
+            self.loss_ = history.loss_curve[-1]
 
     def _snapshot(self):
         """Fitted attributes that make a copy of this estimator predict as it is now."""

@@ -24,7 +24,7 @@ class TrainingHistory:
     no_improvement_count : int
         Epochs in a row without ``tol`` improvement.
     n_iter : int
-        Epochs of the current ``fit`` (partial_fit: of all calls).
+        Epochs of the current ``fit`` (L-BFGS: iterations).
     t : int
         Training samples seen, over all epochs.
     steps : int
@@ -34,6 +34,9 @@ class TrainingHistory:
         Wall time of each epoch.
     stop_reason : str
         Why the last fit stopped: one of :data:`STOP_REASONS`.
+    final_loss : float or None
+        L-BFGS's loss at its solution (stochastic solvers: None, the last
+        epoch's loss is ``loss_curve[-1]``).
     first_batch_loss : float or None
         The loss of the fit's first batch, against which divergence is judged.
     warned_divergence : bool
@@ -50,6 +53,7 @@ class TrainingHistory:
     steps: int = 0
     epoch_seconds: list = field(default_factory=list)
     stop_reason: str = ""
+    final_loss: float | None = None
     first_batch_loss: float | None = None
     warned_divergence: bool = False
 
