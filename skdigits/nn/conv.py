@@ -411,18 +411,18 @@ class Conv2D(Layer):
         V_chunks = []
         for k, rows in enumerate(self._chunks(n)):
             nc = rows.stop - rows.start
-            S = winograd.split_columns(X[rows], top, left,
-                                       new(("X_tiles", nc), (nc, 2 * th + 2, 2, tw + 1, c)))
+            P = winograd.split_image(X[rows], top, left,
+                                     new(("X_tiles", nc), (2, tw + 1, nc, 2, th + 1, c)))
             # Training keeps every chunk's V for the backward pass.
-            V = winograd.input_transform(S, th, tw, new(("rows", nc), (4, nc, th, 2, tw + 1, c)),
-                                         new(f"V{k}" if training else "V", (4, 4, nc, th, tw, c)))
-            M = np.matmul(V.reshape(16, -1, c), U, out=new(("M", nc), (16, nc * th * tw, f)))
-            M = M.reshape(4, 4, nc, th, tw, f)
+            V = winograd.input_transform(P, th, tw, new(("rows", nc), (4, 2, tw + 1, nc, th, c)),
+                                         new(f"V{k}" if training else "V", (4, 4, tw, nc, th, c)))
+            M = np.matmul(V.reshape(16, -1, c), U, out=new(("M", nc), (16, tw * nc * th, f)))
+            M = M.reshape(4, 4, tw, nc, th, f)
             # A^T e1 e1^T A is the 2x2 block of ones: the bias added at tile
             # position (1, 1) reaches all four outputs, in a quarter of a pass.
             M[1, 1] += self.params["b"]
-            Y = winograd.output_transform(M, new(("cols", nc), (4, 2, nc, th, tw, f)),
-                                          new(("Y", nc), (2, 2, nc, th, tw, f)))
+            Y = winograd.output_transform(M, new(("cols", nc), (4, 2, tw, nc, th, f)),
+                                          new(("Y", nc), (2, 2, tw, nc, th, f)))
             ACTIVATIONS[self.activation](Y)
             winograd.merge_tiles(Y, A[rows])
             if training:
@@ -453,10 +453,10 @@ class Conv2D(Layer):
             nc = rows.stop - rows.start
             # d loss / d (pre-activation), then in the tiles' layout.
             dZ = DERIVATIVES[self.activation](self._A[rows], dA[rows])
-            dZ = winograd.split_tiles(dZ, self._buffer(("Y", nc), (2, 2, nc, th, tw, f)))
-            dM = self._buffer(("M", nc), (16, nc * th * tw, f))
-            winograd.output_transform_adjoint(dZ, self._buffer(("cols", nc), (4, 2, nc, th, tw, f)),
-                                              dM.reshape(4, 4, nc, th, tw, f))
+            dZ = winograd.split_tiles(dZ, self._buffer(("Y", nc), (2, 2, tw, nc, th, f)))
+            dM = self._buffer(("M", nc), (16, tw * nc * th, f))
+            winograd.output_transform_adjoint(dZ, self._buffer(("cols", nc), (4, 2, tw, nc, th, f)),
+                                              dM.reshape(4, 4, tw, nc, th, f))
             V = self._V[k].reshape(16, -1, c)
             # dM[1, 1] of a tile is the sum of its 2x2 block of dZ (see forward).
             if k == 0:
@@ -468,11 +468,11 @@ class Conv2D(Layer):
             if need_input_grad:
                 # V is not needed any more: its buffer takes dV.
                 dV = np.matmul(dM, self._U.transpose(0, 2, 1), out=V)
-                dS = winograd.input_transform_adjoint(
-                    dV.reshape(4, 4, nc, th, tw, c), th, tw,
-                    self._buffer(("rows", nc), (4, nc, th, 2, tw + 1, c)),
-                    self._buffer(("X_tiles", nc), (nc, 2 * th + 2, 2, tw + 1, c)))
-                winograd.merge_columns(dS, top, left, dX[rows])
+                dP = winograd.input_transform_adjoint(
+                    dV.reshape(4, 4, tw, nc, th, c), th, tw,
+                    self._buffer(("rows", nc), (4, 2, tw + 1, nc, th, c)),
+                    self._buffer(("X_tiles", nc), (2, tw + 1, nc, 2, th + 1, c)))
+                winograd.merge_image(dP, top, left, dX[rows])
         winograd.kernel_transform_adjoint(dU.reshape(4, 4, c, f), out=self.grads["W"])
         return dX
 
