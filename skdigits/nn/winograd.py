@@ -27,9 +27,10 @@ Layouts.  Winograd-domain arrays are ``(4, 4, tw, n, th, c)``: tile position
 column outermost), then channels; reshaped to ``(16, tw * n * th, c)`` they
 are the stacked matrices of the 16 products.  Each 2-D transform is two 1-D
 passes, over rows then columns, of a few vectorised additions, and the
-layouts make these passes read and write long contiguous runs: NumPy spends
-~0.1 us per run, and passes over every other pixel of channels-last images
-(runs of ``c`` values) were 2-3x slower.  So the padded input enters
+layouts make these passes read and write long contiguous runs (on their
+own, passes over every other pixel of channels-last images, runs of ``c``
+values, went at a third of the speed of contiguous ones).  So the padded
+input enters
 *parity-split*, ``P[p, i, :, q, j] = padded[:, 2 j + q, 2 i + p]`` (shape
 ``(2, w // 2, n, 2, h // 2, c)``; :func:`split_image`, and
 :func:`merge_image` for its gradient): the rows of tile position ``k`` are
