@@ -19,9 +19,9 @@ direct im2col path stays the reference it is tested against.
 
 As in :mod:`~skdigits.nn.layers`, training mode reuses buffers between
 batches of one size, and inference mode allocates its arrays per call and
-keeps no state.  Every operation treats samples independently (the matrix products
-just stack them as rows), so a sample's output does not depend on the other
-samples in its batch.
+keeps no state.  Every operation treats samples independently (the matrix
+products just stack them as rows), so a sample's output does not depend on
+the other samples in its batch.
 """
 
 import numpy as np
@@ -150,9 +150,9 @@ class Conv2D(Layer):
 
     Memory is per batch: training keeps the im2col matrix
     (n * h_out * w_out, kh * kw * c_in) and its gradient, reused between
-    batches of one size; with Winograd, the transformed input
-    (16, n * th * tw, c_in) and the products (16, n * th * tw, filters) for
-    ``th * tw`` tiles of 2x2 outputs.
+    batches of one size; with Winograd, for ``th * tw`` tiles of 2x2 outputs,
+    the transformed input (16, n * th * tw, c_in) and, for one chunk of
+    images at a time, the products (16, chunk * th * tw, filters).
 
     Examples
     --------
@@ -236,7 +236,7 @@ class Conv2D(Layer):
 
     # ------------------------------------------------------------------ im2col
     def _im2col(self, X, training):
-        """Rows of kernel windows and a 1: (n, h, w, c_in) -> (n * h_out * w_out, kh * kw * c_in + 1).
+        """Rows of kernel windows and a 1: (n, h, w, c_in) -> (n h_out w_out, kh kw c_in + 1).
 
         Column ``(i * kw + j) * c_in + c`` of the row for output ``(y, x)``
         is ``X_padded[y * sh + i, x * sw + j, c]``: the order of
