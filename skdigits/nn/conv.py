@@ -151,8 +151,8 @@ class Conv2D(Layer):
     Memory is per batch: training keeps the im2col matrix
     (n * h_out * w_out, kh * kw * c_in) and its gradient, reused between
     batches of one size; with Winograd, for ``th * tw`` tiles of 2x2 outputs,
-    the transformed input (16, n * th * tw, c_in) and, for one chunk of
-    images at a time, the products (16, chunk * th * tw, filters).
+    the transformed input (16, chunk * th * tw, c_in) and the products
+    (16, chunk * th * tw, filters) of one chunk of images at a time.
 
     Examples
     --------
@@ -404,18 +404,12 @@ class Conv2D(Layer):
         """Winograd F(2x2, 3x3); the stages are named as in :mod:`~skdigits.nn.winograd`."""
         n = X.shape[0]
         (th, tw), c, f = self._tiles, self.c_in, self.filters
-        (top, _), (left, _) = self._pad_h, self._pad_w
         new = self._array(training)
         U = winograd.kernel_transform(self.params["W"], new("U", (4, 4, c, f))).reshape(16, c, f)
         A = new("A", (n, 2 * th, 2 * tw, f))
-        V_chunks = []
-        for k, rows in enumerate(self._chunks(n)):
+        for rows in self._chunks(n):
             nc = rows.stop - rows.start
-            P = winograd.split_image(X[rows], top, left,
-                                     new(("X_tiles", nc), (2, tw + 1, nc, 2, th + 1, c)))
-            # Training keeps every chunk's V for the backward pass.
-            V = winograd.input_transform(P, th, tw, new(("rows", nc), (4, 2, tw + 1, nc, th, c)),
-                                         new(f"V{k}" if training else "V", (4, 4, tw, nc, th, c)))
+            V = self._transformed_input(X[rows], new)
             M = np.matmul(V.reshape(16, -1, c), U, out=new(("M", nc), (16, tw * nc * th, f)))
             M = M.reshape(4, 4, tw, nc, th, f)
             # A^T e1 e1^T A is the 2x2 block of ones: the bias added at tile
@@ -425,11 +419,17 @@ class Conv2D(Layer):
                                           new(("Y", nc), (2, 2, tw, nc, th, f)))
             ACTIVATIONS[self.activation](Y)
             winograd.merge_tiles(Y, A[rows])
-            if training:
-                V_chunks.append(V)
         if training:
-            self._V, self._U, self._A = V_chunks, U, A
+            self._X, self._U, self._A = X, U, A
         return A[:, :self.h_out, :self.w_out]  # the whole buffer unless a side is odd
+
+    def _transformed_input(self, X, new):
+        """V = B^T d B of every tile of the images X, into ``new``'s arrays."""
+        nc, (th, tw), c = X.shape[0], self._tiles, self.c_in
+        (top, _), (left, _) = self._pad_h, self._pad_w
+        P = winograd.split_image(X, top, left, new(("X_tiles", nc), (2, tw + 1, nc, 2, th + 1, c)))
+        return winograd.input_transform(P, th, tw, new(("rows", nc), (4, 2, tw + 1, nc, th, c)),
+                                        new(("V", nc), (4, 4, tw, nc, th, c)))
 
     def _backward_winograd(self, dA, need_input_grad):
         n = dA.shape[0]
@@ -457,7 +457,9 @@ class Conv2D(Layer):
             dM = self._buffer(("M", nc), (16, tw * nc * th, f))
             winograd.output_transform_adjoint(dZ, self._buffer(("cols", nc), (4, 2, tw, nc, th, f)),
                                               dM.reshape(4, 4, tw, nc, th, f))
-            V = self._V[k].reshape(16, -1, c)
+            # V again rather than kept from the forward pass: recomputing it
+            # from the layer's input reads 4x less memory than keeping it.
+            V = self._transformed_input(self._X[rows], self._buffer).reshape(16, -1, c)
             # dM[1, 1] of a tile is the sum of its 2x2 block of dZ (see forward).
             if k == 0:
                 np.matmul(V.transpose(0, 2, 1), dM, out=dU)
