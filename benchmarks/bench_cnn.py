@@ -24,8 +24,11 @@ turn, one after the other:
   layers alone, for the same batches, computed the way skdigits computes
   them (two row shards of 32 on two threads, one BLAS thread each).
 
-All s/epoch figures are per 60,000 images.  PyTorch is optional: without it
-the script times ours only.
+All s/epoch figures are per 60,000 images.  ``--threads 1`` puts every
+contender on one core (ours computes its shards one after the other, PyTorch
+gets one thread): steadier when other jobs share the machine, where
+PyTorch's spinning thread pool loses far more than ours.  PyTorch is
+optional: without it the script times ours only.
 """
 
 import argparse
@@ -150,10 +153,10 @@ def direct_products(network, rows):
     return shapes
 
 
-def floor_epoch_seconds(network, batches=20):
+def floor_epoch_seconds(network, concurrent=True, batches=20):
     """Seconds per 60,000 images of the direct convolution's matrix products
-    alone, as skdigits runs them: each batch as two row shards of 32 on two
-    threads, one BLAS thread each."""
+    alone, as skdigits runs them: each batch as two row shards of 32, one
+    BLAS thread each, on two threads at once when ``concurrent``."""
     rng = np.random.default_rng(0)
     operands = [(rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32),
                  np.empty((m, n), dtype=np.float32))
@@ -167,9 +170,13 @@ def floor_epoch_seconds(network, batches=20):
         shard()
         start = time.perf_counter()
         for _ in range(batches):
-            second = helper.submit(shard)
-            shard()
-            second.result()
+            if concurrent:
+                second = helper.submit(shard)
+                shard()
+                second.result()
+            else:
+                shard()
+                shard()
         per_batch = (time.perf_counter() - start) / batches
     return per_batch * EPOCH_IMAGES / BATCH
 
@@ -191,6 +198,8 @@ def main(argv=None):
     parser.add_argument("--timing-rows", type=int, default=6400,
                         help="rows of each timed epoch of ours")
     parser.add_argument("--torch-batches", type=int, default=150)
+    parser.add_argument("--threads", type=int, choices=(1, 2), default=2,
+                        help="cores per contender in the timing turns (default 2)")
     args = parser.parse_args(argv)
     X_all, y_all, X_test, y_test, description = load_mnist(args.data)
     X, y = (X_all[:args.rows], y_all[:args.rows]) if args.rows else (X_all, y_all)
@@ -216,20 +225,27 @@ def main(argv=None):
 
     try:
         import torch
+        if args.threads == 1:
+            torch.set_num_threads(1)
         torch_info = f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads"
     except ImportError:
         torch_info = None
+    def ours_limit():
+        # One BLAS thread: the estimator then computes its two shards one after the other.
+        return threadpool_limits(1) if args.threads == 1 else contextlib.nullcontext()
+    print(f"# timing turns: {args.threads} core(s) per contender")
     times = {"ours": [], "ours, direct": [], "pytorch": [], "floor": []}
     for turn in range(args.turns):
-        times["ours"].append(ours_epoch_seconds(X_time, y_time))
-        times["ours, direct"].append(ours_epoch_seconds(X_time, y_time, direct=True))
+        with ours_limit():
+            times["ours"].append(ours_epoch_seconds(X_time, y_time))
+            times["ours, direct"].append(ours_epoch_seconds(X_time, y_time, direct=True))
         if torch_info:
             try:
                 times["pytorch"].append(torch_epoch_seconds(X_all, y_all, args.torch_batches))
             except ValueError as exc:  # e.g. the small fallback data set without MNIST
                 print(f"# PyTorch not timed: {exc}")
                 torch_info = None
-        times["floor"].append(floor_epoch_seconds(network))
+        times["floor"].append(floor_epoch_seconds(network, concurrent=args.threads == 2))
         print(f"# turn {turn + 1}: " + ", ".join(f"{name} {values[-1]:.2f}"
                                                  for name, values in times.items() if values))
     median = {name: float(np.median(values)) for name, values in times.items() if values}

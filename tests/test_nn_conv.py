@@ -340,10 +340,18 @@ def test_winograd_identity():
         np.testing.assert_allclose(Y, _correlate_valid(d, g), rtol=0, atol=1e-12)
 
 
-def _tiles_of(S, th, tw):
-    """The 4x4 input tiles of a column-split padded image, by slicing: (n, th, tw, 4, 4, c)."""
-    image = np.empty(S.shape[:2] + (2 * S.shape[3],) + S.shape[4:])
-    image[:, :, 0::2], image[:, :, 1::2] = S[:, :, 0], S[:, :, 1]
+def _padded_from_split(P):
+    """The padded image (n, H, W, c) that a parity-split array P holds."""
+    _, half_w, n, _, half_h, c = P.shape
+    image = np.empty((n, 2 * half_h, 2 * half_w, c))
+    for p in (0, 1):
+        for q in (0, 1):
+            image[:, q::2, p::2] = P[p, :, :, q].transpose(1, 2, 0, 3)
+    return image
+
+
+def _tiles_of(image, th, tw):
+    """The 4x4 input tiles of a padded image, by slicing: (n, th, tw, 4, 4, c)."""
     return np.stack([np.stack([image[:, 2 * y:2 * y + 4, 2 * x:2 * x + 4] for x in range(tw)], 1)
                      for y in range(th)], 1)
 
@@ -352,15 +360,16 @@ def test_winograd_transforms_are_the_matrix_formulas():
     """Every tile of the vectorised transforms against the 4x4 matrix products."""
     rng = np.random.default_rng(11)
     n, th, tw, c, f = 2, 3, 2, 3, 4
-    S = rng.standard_normal((n, 2 * th + 2, 2, tw + 1, c))
-    V = winograd.input_transform(S, th, tw, np.empty((4, n, th, 2, tw + 1, c)),
-                                 np.empty((4, 4, n, th, tw, c)))
-    expected = np.einsum("ak,ntsklc,bl->abntsc", winograd.B_T, _tiles_of(S, th, tw), winograd.B_T)
+    P = rng.standard_normal((2, tw + 1, n, 2, th + 1, c))
+    V = winograd.input_transform(P, th, tw, np.empty((4, 2, tw + 1, n, th, c)),
+                                 np.empty((4, 4, tw, n, th, c)))
+    tiles = _tiles_of(_padded_from_split(P), th, tw)
+    expected = np.einsum("ak,nyxklc,bl->abxnyc", winograd.B_T, tiles, winograd.B_T)
     np.testing.assert_allclose(V, expected, rtol=0, atol=1e-12)
 
-    M = rng.standard_normal((4, 4, n, th, tw, f))
-    Y = winograd.output_transform(M, np.empty((4, 2, n, th, tw, f)), np.empty((2, 2, n, th, tw, f)))
-    expected = np.einsum("ak,klntsf,bl->abntsf", winograd.A_T, M, winograd.A_T)
+    M = rng.standard_normal((4, 4, tw, n, th, f))
+    Y = winograd.output_transform(M, np.empty((4, 2, tw, n, th, f)), np.empty((2, 2, tw, n, th, f)))
+    expected = np.einsum("ak,klxnyf,bl->abxnyf", winograd.A_T, M, winograd.A_T)
     np.testing.assert_allclose(Y, expected, rtol=0, atol=1e-12)
 
     W = rng.standard_normal((3, 3, c, f))
@@ -378,15 +387,15 @@ def test_winograd_adjoints():
     <T x, y> == <x, T* y> for random x and y."""
     rng = np.random.default_rng(12)
     n, th, tw, c, f = 3, 2, 4, 2, 5
-    S = rng.standard_normal((n, 2 * th + 2, 2, tw + 1, c))
-    dV = rng.standard_normal((4, 4, n, th, tw, c))
-    cols = np.empty((4, n, th, 2, tw + 1, c))
-    V = winograd.input_transform(S, th, tw, cols.copy(), np.empty_like(dV))
-    dS = winograd.input_transform_adjoint(dV, th, tw, cols, np.full_like(S, np.nan))
-    assert _inner(V, dV) == pytest.approx(_inner(S, dS), rel=1e-12)
+    P = rng.standard_normal((2, tw + 1, n, 2, th + 1, c))
+    dV = rng.standard_normal((4, 4, tw, n, th, c))
+    scratch = np.empty((4, 2, tw + 1, n, th, c))
+    V = winograd.input_transform(P, th, tw, scratch, np.empty_like(dV))
+    dP = winograd.input_transform_adjoint(dV, th, tw, scratch, np.full_like(P, np.nan))
+    assert _inner(V, dV) == pytest.approx(_inner(P, dP), rel=1e-12)
 
-    M, dY = rng.standard_normal((4, 4, n, th, tw, f)), rng.standard_normal((2, 2, n, th, tw, f))
-    scratch = np.empty((4, 2, n, th, tw, f))
+    M, dY = rng.standard_normal((4, 4, tw, n, th, f)), rng.standard_normal((2, 2, tw, n, th, f))
+    scratch = np.empty((4, 2, tw, n, th, f))
     Y = winograd.output_transform(M, scratch, np.empty_like(dY))
     dM = winograd.output_transform_adjoint(dY, scratch, np.empty_like(M))
     assert _inner(Y, dY) == pytest.approx(_inner(M, dM), rel=1e-12)
@@ -401,15 +410,17 @@ def test_winograd_adjoints():
 def test_winograd_layouts_round_trip(h, w, top, left):
     rng = np.random.default_rng(13)
     X = rng.standard_normal((2, h, w, 3))
-    S = np.full((2, h + top + 2, 2, (w + left + 3) // 2, 3), np.nan)
-    winograd.split_columns(X, top, left, S)
-    assert np.isfinite(S).all()  # the frame around the image is zeroed
-    assert np.sum(S) == pytest.approx(np.sum(X))
-    np.testing.assert_array_equal(winograd.merge_columns(S, top, left, np.empty_like(X)), X)
+    half_h, half_w = (h + top + 3) // 2, (w + left + 3) // 2
+    P = np.full((2, half_w, 2, 2, half_h, 3), np.nan)
+    winograd.split_image(X, top, left, P)
+    padded = _padded_from_split(P)
+    assert np.isfinite(padded).all() and np.sum(padded) == pytest.approx(np.sum(X))
+    np.testing.assert_array_equal(padded[:, top:top + h, left:left + w], X)
+    np.testing.assert_array_equal(winograd.merge_image(P, top, left, np.empty_like(X)), X)
     image = rng.standard_normal((2, 2 * h, 2 * w, 3))
-    tiles = winograd.split_tiles(image, np.empty((2, 2, 2, h, w, 3)))
-    # Output (2 ty + a, 2 tx + b) sits at [a, b, :, ty, tx].
-    np.testing.assert_array_equal(tiles[1, 0, :, h - 1, w - 1], image[:, 2 * h - 1, 2 * w - 2])
+    tiles = winograd.split_tiles(image, np.empty((2, 2, w, 2, h, 3)))
+    # Output (2 ty + a, 2 tx + b) of image s sits at [a, b, tx, s, ty].
+    np.testing.assert_array_equal(tiles[1, 0, w - 1, :, h - 1], image[:, 2 * h - 1, 2 * w - 2])
     np.testing.assert_array_equal(winograd.merge_tiles(tiles, np.empty_like(image)), image)
 
 

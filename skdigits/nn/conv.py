@@ -19,9 +19,9 @@ direct im2col path stays the reference it is tested against.
 
 As in :mod:`~skdigits.nn.layers`, training mode reuses buffers between
 batches of one size, and inference mode allocates its arrays per call and
-keeps no state.  Every operation treats samples independently (the matrix products
-just stack them as rows), so a sample's output does not depend on the other
-samples in its batch.
+keeps no state.  Every operation treats samples independently (the matrix
+products just stack them as rows), so a sample's output does not depend on
+the other samples in its batch.
 """
 
 import numpy as np
@@ -150,9 +150,9 @@ class Conv2D(Layer):
 
     Memory is per batch: training keeps the im2col matrix
     (n * h_out * w_out, kh * kw * c_in) and its gradient, reused between
-    batches of one size; with Winograd, the transformed input
-    (16, n * th * tw, c_in) and the products (16, n * th * tw, filters) for
-    ``th * tw`` tiles of 2x2 outputs.
+    batches of one size; with Winograd, for ``th * tw`` tiles of 2x2 outputs,
+    the transformed input (16, chunk * th * tw, c_in) and the products
+    (16, chunk * th * tw, filters) of one chunk of images at a time.
 
     Examples
     --------
@@ -236,7 +236,7 @@ class Conv2D(Layer):
 
     # ------------------------------------------------------------------ im2col
     def _im2col(self, X, training):
-        """Rows of kernel windows and a 1: (n, h, w, c_in) -> (n * h_out * w_out, kh * kw * c_in + 1).
+        """Rows of kernel windows and a 1: (n, h, w, c_in) -> (n h_out w_out, kh kw c_in + 1).
 
         Column ``(i * kw + j) * c_in + c`` of the row for output ``(y, x)``
         is ``X_padded[y * sh + i, x * sw + j, c]``: the order of
@@ -404,32 +404,32 @@ class Conv2D(Layer):
         """Winograd F(2x2, 3x3); the stages are named as in :mod:`~skdigits.nn.winograd`."""
         n = X.shape[0]
         (th, tw), c, f = self._tiles, self.c_in, self.filters
-        (top, _), (left, _) = self._pad_h, self._pad_w
         new = self._array(training)
         U = winograd.kernel_transform(self.params["W"], new("U", (4, 4, c, f))).reshape(16, c, f)
         A = new("A", (n, 2 * th, 2 * tw, f))
-        V_chunks = []
-        for k, rows in enumerate(self._chunks(n)):
+        for rows in self._chunks(n):
             nc = rows.stop - rows.start
-            S = winograd.split_columns(X[rows], top, left,
-                                       new(("X_tiles", nc), (nc, 2 * th + 2, 2, tw + 1, c)))
-            # Training keeps every chunk's V for the backward pass.
-            V = winograd.input_transform(S, th, tw, new(("rows", nc), (4, nc, th, 2, tw + 1, c)),
-                                         new(f"V{k}" if training else "V", (4, 4, nc, th, tw, c)))
-            M = np.matmul(V.reshape(16, -1, c), U, out=new(("M", nc), (16, nc * th * tw, f)))
-            M = M.reshape(4, 4, nc, th, tw, f)
+            V = self._transformed_input(X[rows], new)
+            M = np.matmul(V.reshape(16, -1, c), U, out=new(("M", nc), (16, tw * nc * th, f)))
+            M = M.reshape(4, 4, tw, nc, th, f)
             # A^T e1 e1^T A is the 2x2 block of ones: the bias added at tile
             # position (1, 1) reaches all four outputs, in a quarter of a pass.
             M[1, 1] += self.params["b"]
-            Y = winograd.output_transform(M, new(("cols", nc), (4, 2, nc, th, tw, f)),
-                                          new(("Y", nc), (2, 2, nc, th, tw, f)))
+            Y = winograd.output_transform(M, new(("cols", nc), (4, 2, tw, nc, th, f)),
+                                          new(("Y", nc), (2, 2, tw, nc, th, f)))
             ACTIVATIONS[self.activation](Y)
             winograd.merge_tiles(Y, A[rows])
-            if training:
-                V_chunks.append(V)
         if training:
-            self._V, self._U, self._A = V_chunks, U, A
+            self._X, self._U, self._A = X, U, A
         return A[:, :self.h_out, :self.w_out]  # the whole buffer unless a side is odd
+
+    def _transformed_input(self, X, new):
+        """V = B^T d B of every tile of the images X, into ``new``'s arrays."""
+        nc, (th, tw), c = X.shape[0], self._tiles, self.c_in
+        (top, _), (left, _) = self._pad_h, self._pad_w
+        P = winograd.split_image(X, top, left, new(("X_tiles", nc), (2, tw + 1, nc, 2, th + 1, c)))
+        return winograd.input_transform(P, th, tw, new(("rows", nc), (4, 2, tw + 1, nc, th, c)),
+                                        new(("V", nc), (4, 4, tw, nc, th, c)))
 
     def _backward_winograd(self, dA, need_input_grad):
         n = dA.shape[0]
@@ -453,11 +453,13 @@ class Conv2D(Layer):
             nc = rows.stop - rows.start
             # d loss / d (pre-activation), then in the tiles' layout.
             dZ = DERIVATIVES[self.activation](self._A[rows], dA[rows])
-            dZ = winograd.split_tiles(dZ, self._buffer(("Y", nc), (2, 2, nc, th, tw, f)))
-            dM = self._buffer(("M", nc), (16, nc * th * tw, f))
-            winograd.output_transform_adjoint(dZ, self._buffer(("cols", nc), (4, 2, nc, th, tw, f)),
-                                              dM.reshape(4, 4, nc, th, tw, f))
-            V = self._V[k].reshape(16, -1, c)
+            dZ = winograd.split_tiles(dZ, self._buffer(("Y", nc), (2, 2, tw, nc, th, f)))
+            dM = self._buffer(("M", nc), (16, tw * nc * th, f))
+            winograd.output_transform_adjoint(dZ, self._buffer(("cols", nc), (4, 2, tw, nc, th, f)),
+                                              dM.reshape(4, 4, tw, nc, th, f))
+            # V again rather than kept from the forward pass: recomputing it
+            # from the layer's input reads 4x less memory than keeping it.
+            V = self._transformed_input(self._X[rows], self._buffer).reshape(16, -1, c)
             # dM[1, 1] of a tile is the sum of its 2x2 block of dZ (see forward).
             if k == 0:
                 np.matmul(V.transpose(0, 2, 1), dM, out=dU)
@@ -468,11 +470,11 @@ class Conv2D(Layer):
             if need_input_grad:
                 # V is not needed any more: its buffer takes dV.
                 dV = np.matmul(dM, self._U.transpose(0, 2, 1), out=V)
-                dS = winograd.input_transform_adjoint(
-                    dV.reshape(4, 4, nc, th, tw, c), th, tw,
-                    self._buffer(("rows", nc), (4, nc, th, 2, tw + 1, c)),
-                    self._buffer(("X_tiles", nc), (nc, 2 * th + 2, 2, tw + 1, c)))
-                winograd.merge_columns(dS, top, left, dX[rows])
+                dP = winograd.input_transform_adjoint(
+                    dV.reshape(4, 4, tw, nc, th, c), th, tw,
+                    self._buffer(("rows", nc), (4, 2, tw + 1, nc, th, c)),
+                    self._buffer(("X_tiles", nc), (2, tw + 1, nc, 2, th + 1, c)))
+                winograd.merge_image(dP, top, left, dX[rows])
         winograd.kernel_transform_adjoint(dU.reshape(4, 4, c, f), out=self.grads["W"])
         return dX
 

@@ -22,20 +22,23 @@ reverse order: ``dM = A dY A^T``, ``dU[p] = V[p]^T @ dM[p]``,
 back onto the (overlapping) input tiles.  These are the exact gradients of
 what the forward computes.
 
-Layouts.  Winograd-domain arrays are ``(4, 4, n, th, tw, c)``: tile position
-(row, column), then the grid of ``th x tw`` tiles, then channels; reshaped to
-``(16, n * th * tw, c)`` they are the stacked matrices of the 16 products.
-Each 2-D transform is two 1-D passes, over rows then columns, of a few
-vectorised additions.  The layouts are chosen so that these passes read and
-write long contiguous runs: NumPy spends ~0.1 us per run, so passes over
-every other pixel of channels-last images (runs of ``c`` values) were 2-3x
-slower.  The input enters *column-split*, ``S[:, y, p, i] = image[:, y, 2 i + p]``
-(shape ``(n, h, 2, w // 2, c)``; :func:`split_columns`, :func:`merge_columns`
-for its gradient), so tile column ``k`` is the run ``S[:, :, k % 2, k // 2:]``;
-the output leaves as ``(2, 2, n, th, tw, f)``, output pixel
-``(2 ty + a, 2 tx + b)`` at ``[a, b, :, ty, tx]`` (:func:`merge_tiles`,
-:func:`split_tiles` for its gradient).  The functions here allocate nothing:
-the caller passes every output.
+Layouts.  Winograd-domain arrays are ``(4, 4, tw, n, th, c)``: tile position
+(row, column), then the grid of ``th x tw`` tiles of ``n`` images (tile
+column outermost), then channels; reshaped to ``(16, tw * n * th, c)`` they
+are the stacked matrices of the 16 products.  Each 2-D transform is two 1-D
+passes, over rows then columns, of a few vectorised additions, and the
+layouts make these passes read and write long contiguous runs (on their
+own, passes over every other pixel of channels-last images, runs of ``c``
+values, went at a third of the speed of contiguous ones).  So the padded
+input enters
+*parity-split*, ``P[p, i, :, q, j] = padded[:, 2 j + q, 2 i + p]`` (shape
+``(2, w // 2, n, 2, h // 2, c)``; :func:`split_image`, and
+:func:`merge_image` for its gradient): the rows of tile position ``k`` are
+``P[:, :, :, k % 2, k // 2:]`` and, one pass later, its columns a block
+``[:, k % 2, k // 2:]``.  The output leaves as ``(2, 2, tw, n, th, f)``,
+output pixel ``(2 ty + a, 2 tx + b)`` of image ``s`` at ``[a, b, tx, s, ty]``
+(:func:`merge_tiles`, and :func:`split_tiles` for its gradient).  The
+functions here allocate nothing: the caller passes every output.
 
 Rounding: the transformed values are sums and differences formed in another
 order than a direct convolution's, so results differ from it by rounding: on
@@ -84,50 +87,62 @@ def kernel_transform_adjoint(dU, out):
     return out
 
 
-# --------------------------------------------------- column-split images
-def _column_runs(p, left, w):
-    """For padded columns of parity ``p``: (first image column, first split
-    index, count) of those holding image columns ``0..w-1`` shifted by ``left``."""
-    first = left + (p - left) % 2       # first padded column >= left with parity p
-    count = max(0, -(-(left + w - first) // 2))
-    return first - left, first // 2, count
+# ------------------------------------------------------- image layouts
+def _parity_runs(parity, offset, size):
+    """Along one padded axis: (first image index, first split index, count)
+    of the padded positions of ``parity`` that hold image positions
+    ``0..size-1``, shifted by ``offset``."""
+    first = offset + (parity - offset) % 2  # first padded position >= offset of that parity
+    count = max(0, -(-(offset + size - first) // 2))
+    return first - offset, first // 2, count
 
 
-def split_columns(X, top, left, out):
-    """Copy X (n, h, w, c) into the zero frame ``out`` (n, H, 2, W // 2, c),
-    column-split, with X's pixel (y, x) at padded position (top + y, left + x)."""
-    h, w = X.shape[1:3]
-    out[:, :top] = 0
-    out[:, top + h:] = 0
+def _image_blocks(h, w, top, left):
+    """For each of the 4 (column parity p, row parity q): the image's pixels
+    of that parity, ``image[:, y0::2, x0::2]``, and where they sit in the
+    parity-split array, ``P[p, i0:i0 + nx, :, q, j0:j0 + ny]``."""
     for p in (0, 1):
-        x0, i0, count = _column_runs(p, left, w)
-        inside = out[:, top:top + h, p]
-        inside[:, :, :i0] = 0
-        inside[:, :, i0 + count:] = 0
-        np.copyto(inside[:, :, i0:i0 + count], X[:, :, x0::2])
+        x0, i0, nx = _parity_runs(p, left, w)
+        for q in (0, 1):
+            y0, j0, ny = _parity_runs(q, top, h)
+            yield (slice(y0, None, 2), slice(x0, None, 2)), (p, slice(i0, i0 + nx), q,
+                                                              slice(j0, j0 + ny))
+
+
+def split_image(X, top, left, out):
+    """Copy X (n, h, w, c) into the zero frame ``out`` (2, W // 2, n, 2, H // 2, c),
+    parity-split, with X's pixel (y, x) at padded position (top + y, left + x)."""
+    h, w = X.shape[1:3]
+    for (rows, cols), (p, i, q, j) in _image_blocks(h, w, top, left):
+        block = out[p, :, :, q]                  # (W // 2, n, H // 2, c)
+        block[:i.start] = 0
+        block[i.stop:] = 0
+        block[i, :, :j.start] = 0
+        block[i, :, j.stop:] = 0
+        np.copyto(block[i, :, j], X[:, rows, cols].transpose(2, 0, 1, 3))
     return out
 
 
-def merge_columns(S, top, left, out):
-    """The inverse crop of :func:`split_columns`: out (n, h, w, c) = the image
-    region of the column-split S."""
+def merge_image(P, top, left, out):
+    """The inverse crop of :func:`split_image`: out (n, h, w, c) = the image
+    region of the parity-split P."""
     h, w = out.shape[1:3]
-    for p in (0, 1):
-        x0, i0, count = _column_runs(p, left, w)
-        np.copyto(out[:, :, x0::2], S[:, top:top + h, p, i0:i0 + count])
+    for (rows, cols), (p, i, q, j) in _image_blocks(h, w, top, left):
+        np.copyto(out[:, rows, cols], P[p, i, :, q, j].transpose(1, 2, 0, 3))
     return out
 
 
 # ------------------------------------------------- positions of the tiles
-def _rows(array, count):
-    """The 4 row positions of ``count`` tiles along axis 1 (rows 2k + j, j = 0..3)."""
-    return [array[:, j:j + 2 * count - 1:2] for j in range(4)]
+def _split_rows(array, count):
+    """The 4 row positions of ``count`` tiles of a parity-split array
+    ``(..., 2, rows // 2, c)``: rows 2k + j are ``array[..., j % 2, j // 2 + k, :]``."""
+    return [array[..., j % 2, j // 2:j // 2 + count, :] for j in range(4)]
 
 
 def _split_cols(array, count):
-    """The 4 column positions of ``count`` tiles of a column-split array
-    (columns 2k + j are ``array[..., j % 2, j // 2 + k, :]``)."""
-    return [array[..., j % 2, j // 2:j // 2 + count, :] for j in range(4)]
+    """The 4 column positions of ``count`` tiles of ``array`` (4, 2, cols // 2, ...):
+    columns 2k + j are ``array[:, j % 2, j // 2 + k]``."""
+    return [array[:, j % 2, j // 2:j // 2 + count] for j in range(4)]
 
 
 def _positions(array):
@@ -191,14 +206,15 @@ def _output_1d_adjoint(y, out):
 
 
 # ---------------------------------------------------------- 2-D transforms
-def input_transform(S, th, tw, rows, out):
+def input_transform(P, th, tw, rows, out):
     """V = B^T d B for every 4x4 input tile.
 
-    S (n, 2 th + 2, 2, tw + 1, c): the zero-padded input, column-split, whose
-    tile (ty, tx) covers padded rows and columns 2 ty..2 ty + 3, 2 tx..2 tx + 3;
-    ``rows`` (4, n, th, 2, tw + 1, c) is scratch space; out (4, 4, n, th, tw, c).
+    P (2, tw + 1, n, 2, th + 1, c): the zero-padded input, parity-split (see
+    :func:`split_image`), whose tile (ty, tx) covers padded rows and columns
+    2 ty..2 ty + 3, 2 tx..2 tx + 3; ``rows`` (4, 2, tw + 1, n, th, c) is
+    scratch space; out (4, 4, tw, n, th, c).
     """
-    _input_1d(_rows(S, th), rows)                          # B^T d
+    _input_1d(_split_rows(P, th), rows)                    # B^T d
     _input_1d(_split_cols(rows, tw), _positions(out))      # (B^T d) B
     return out
 
@@ -206,20 +222,20 @@ def input_transform(S, th, tw, rows, out):
 def input_transform_adjoint(dV, th, tw, cols, out):
     """dd = B dV B^T for every tile, overlap-added onto the padded input.
 
-    dV (4, 4, n, th, tw, c); ``cols`` (4, n, th, 2, tw + 1, c) is scratch
-    space; out (n, 2 th + 2, 2, tw + 1, c), column-split, is overwritten.
+    dV (4, 4, tw, n, th, c); ``cols`` (4, 2, tw + 1, n, th, c) is scratch
+    space; out (2, tw + 1, n, 2, th + 1, c), parity-split, is overwritten.
     """
-    _input_1d_adjoint(_positions(dV), _split_cols(cols, tw), axis=-2)   # dV B^T
-    _input_1d_adjoint(cols, _rows(out, th), axis=1)                     # B (dV B^T)
+    _input_1d_adjoint(_positions(dV), _split_cols(cols, tw), axis=1)   # dV B^T
+    _input_1d_adjoint(cols, _split_rows(out, th), axis=-2)             # B (dV B^T)
     return out
 
 
 def output_transform(M, cols, out):
     """Y = A^T M A for every tile.
 
-    M (4, 4, n, th, tw, f); ``cols`` (4, 2, n, th, tw, f) is scratch space;
-    out (2, 2, n, th, tw, f): output (2 ty + a, 2 tx + b) is ``out[a, b, :, ty, tx]``
-    (see :func:`merge_tiles`).
+    M (4, 4, tw, n, th, f); ``cols`` (4, 2, tw, n, th, f) is scratch space;
+    out (2, 2, tw, n, th, f): output (2 ty + a, 2 tx + b) of image s is
+    ``out[a, b, tx, s, ty]`` (see :func:`merge_tiles`).
     """
     _output_1d(_positions(M), [cols[:, 0], cols[:, 1]])   # M A
     _output_1d(cols, out)                                 # A^T (M A)
@@ -227,10 +243,10 @@ def output_transform(M, cols, out):
 
 
 def output_transform_adjoint(dY, rows, out):
-    """dM = A dY A^T for every tile of dY (2, 2, n, th, tw, f), laid out as
+    """dM = A dY A^T for every tile of dY (2, 2, tw, n, th, f), laid out as
     :func:`output_transform`'s result.
 
-    ``rows`` (4, 2, n, th, tw, f) is scratch space; out (4, 4, n, th, tw, f).
+    ``rows`` (4, 2, tw, n, th, f) is scratch space; out (4, 4, tw, n, th, f).
     """
     _output_1d_adjoint(dY, rows)                                   # A dY
     _output_1d_adjoint([rows[:, 0], rows[:, 1]], _positions(out))  # (A dY) A^T
@@ -238,16 +254,16 @@ def output_transform_adjoint(dY, rows, out):
 
 
 def merge_tiles(Y, out):
-    """out (n, 2 th, 2 tw, f)[:, 2 ty + a, 2 tx + b] = Y[a, b, :, ty, tx]."""
+    """out (n, 2 th, 2 tw, f)[s, 2 ty + a, 2 tx + b] = Y[a, b, tx, s, ty]."""
     for a in (0, 1):
         for b in (0, 1):
-            np.copyto(out[:, a::2, b::2], Y[a, b])
+            np.copyto(out[:, a::2, b::2], Y[a, b].transpose(1, 2, 0, 3))
     return out
 
 
 def split_tiles(image, out):
-    """The inverse of :func:`merge_tiles`: out[a, b, :, ty, tx] = image[:, 2 ty + a, 2 tx + b]."""
+    """The inverse of :func:`merge_tiles`: out[a, b, tx, s, ty] = image[s, 2 ty + a, 2 tx + b]."""
     for a in (0, 1):
         for b in (0, 1):
-            np.copyto(out[a, b], image[:, a::2, b::2])
+            np.copyto(out[a, b], image[:, a::2, b::2].transpose(2, 0, 1, 3))
     return out
