@@ -211,8 +211,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     X, y, _, _, description = load_mnist(args.data)
-    side = int(round(np.sqrt(X.shape[1])))
-    images = X.reshape(len(X), side, side).astype(np.float32)
+    images = aug.square_images(X).astype(np.float32)
     use_torch = torch_available() and not args.no_torch
     peer_rows = min(args.peer_rows, len(images))
     loop_rows = min(SCIPY_SUBSET, peer_rows)

@@ -260,12 +260,12 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
             self._check_same_architecture(X.shape[1])
         self._check_magnitude(X)
         context = None
+        metadata = fit_task_metadata(sample_weight)
         if hasattr(self, "_init_callback_context") and not incremental:
             context = self._init_callback_context(max_subtasks=self.max_iter)
-            context.call_on_fit_task_begin(estimator=self, X=X, y=y,
-                                           metadata=fit_task_metadata(sample_weight))
+            context.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
         tasks = None if context is None else EpochTasks(
-            context, self, X, y, fit_task_metadata(sample_weight), self._snapshot,
+            context, self, X, y, metadata, self._snapshot,
             task_name="epoch" if self.solver in _STOCHASTIC_SOLVERS else "lbfgs-iter")
         try:
             with single_blas_thread() as concurrent:
@@ -275,7 +275,7 @@ class BaseNetwork(CallbackSupportMixin, BaseEstimator):
                     self._fit_lbfgs(X, Y, weights, concurrent, tasks)
             if context is not None:
                 context.call_on_fit_task_end(
-                    estimator=self, X=X, y=y, metadata=fit_task_metadata(sample_weight),
+                    estimator=self, X=X, y=y, metadata=metadata,
                     reconstruction_attributes=self._snapshot)
         finally:
             # Also after a diverged fit: the attributes describe the kept weights.

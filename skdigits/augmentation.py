@@ -65,6 +65,7 @@ __all__ = [
     "make_handwriting_variations",
     "sampling_grid",
     "smooth_fields",
+    "square_images",
     "warp_images",
 ]
 
@@ -874,6 +875,20 @@ def _as_generator(random_state):
 
 
 # ----------------------------------------------------------------- test set
+def square_images(rows):
+    """Rows of ``side * side`` pixels as (n, side, side) images (a view);
+    any other shape is returned as it is.  A row length that is no square
+    is a ValueError."""
+    rows = np.asarray(rows)
+    if rows.ndim != 2:
+        return rows
+    side = int(round(np.sqrt(rows.shape[1])))
+    if side * side != rows.shape[1]:
+        raise ValueError(f"rows of {rows.shape[1]} pixels are not square images; "
+                         "pass an array of shape (n, height, width)")
+    return rows.reshape(len(rows), side, side)
+
+
 def make_handwriting_variations(images, random_state=None):
     """Digits varied like handwriting, for measuring a model's robustness.
 
@@ -908,11 +923,7 @@ def make_handwriting_variations(images, random_state=None):
     """
     array = np.asarray(images)
     if array.ndim == 2:
-        side = int(round(np.sqrt(array.shape[1])))
-        if side * side != array.shape[1]:
-            raise ValueError(f"rows of {array.shape[1]} pixels are not square images; "
-                             "pass an array of shape (n, height, width)")
-        return make_handwriting_variations(array.reshape(len(array), side, side),
+        return make_handwriting_variations(square_images(array),
                                            random_state).reshape(array.shape)
     array = _check_images(array)
     rng = _as_generator(random_state)

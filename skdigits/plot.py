@@ -187,13 +187,9 @@ def plot_confusion_matrix(y_true, y_pred, ax=None, *, labels=None, normalize=Non
 
 # ---------------------------------------------------------------- mistakes
 def _as_images(images):
-    images = np.asarray(images)
-    if images.ndim == 2:
-        side = int(round(np.sqrt(images.shape[1])))
-        if side * side != images.shape[1]:
-            raise ValueError(f"rows of {images.shape[1]} pixels are not square images; "
-                             "pass an array of shape (n, height, width)")
-        images = images.reshape(len(images), side, side)
+    from .augmentation import square_images
+
+    images = square_images(images)
     if images.ndim != 3:
         raise ValueError(f"images must have shape (n, pixels) or (n, height, width), "
                          f"got {images.shape}")
