@@ -413,7 +413,7 @@ def test_get_params_clone_and_nested_keys():
     assert clone(holder).augment.rotation == 3
     assert repr(Augmentation(rotation=3)) == "Augmentation(rotation=3)"
     assert Augmentation().get_params() == {**PRESETS["affine"], "probability": 1.0,
-                                           "fill": "min"}
+                                           "stroke_change": 0.0, "fill": "min"}
 
 
 @pytest.mark.parametrize("bad, name", [
@@ -527,6 +527,38 @@ def test_stroke_changes_thicken_and_thin(digits):
     assert np.all(changed[10:20].sum(axis=(1, 2)) > 1.1 * ink[10:20])
     assert np.all(changed[20:].sum(axis=(1, 2)) < 0.9 * ink[20:])
     assert_array_equal(changed[10:20], ndimage.grey_dilation(images[10:20], size=(1, 2, 2)))
+
+
+def test_stroke_change_thickens_or_thins_the_drawn_share_of_images(digits):
+    X, _ = digits
+    images = np.kron(X[:400].reshape(-1, 8, 8), np.ones((3, 3)))
+    still = dict(rotation=0, shear=0, scale=0.0, translation=0)
+    settings = Augmentation(**still, stroke_change=0.5)
+    draw = settings.draw(len(images), images.shape[1:], np.random.default_rng(3))
+    strokes = draw["strokes"]
+    # About half the images change, about as many bolder as finer.
+    assert 150 < np.sum(strokes != 0) < 250
+    assert abs(np.sum(strokes == 1) - np.sum(strokes == 2)) < 50
+    out = settings.transform_batch(images, np.random.default_rng(3))
+    assert_array_equal(out, aug._change_strokes(images, strokes))
+    assert_array_equal(out, warp_images(images, **draw))
+    # All or nothing, and 0 leaves every other draw's stream as it was.
+    assert np.all(Augmentation(**still, stroke_change=1.0).draw(
+        50, (24, 24), np.random.default_rng(0))["strokes"] != 0)
+    plain, changed = (Augmentation(stroke_change=p).draw(50, (24, 24), np.random.default_rng(4))
+                      for p in (0.0, 0.7))
+    assert not plain["strokes"].any()
+    for key in ("angle", "shear", "scale", "shift"):
+        assert_array_equal(plain[key], changed[key])
+
+
+def test_strokes_argument_of_warp_images_is_checked(blobs):
+    with pytest.raises(ValueError, match="strokes must hold"):
+        warp_images(blobs, strokes=np.full(len(blobs), 3))
+    with pytest.raises(ValueError, match="strokes must hold"):
+        warp_images(blobs, strokes=[0])
+    with pytest.raises(ValueError, match="stroke_change"):
+        Augmentation(stroke_change=1.5).frozen()
 
 
 def test_real_mnist_digits_under_the_presets(mnist_path):
