@@ -207,11 +207,23 @@ def test_default_recipe_runs_its_schedule_to_the_end_without_warning(capsys, dat
     assert code == 0 and "(stopped by --epochs)" in out
     assert not [line for line in err.splitlines() if line.startswith("Warning: ")]
     clf = load_model(path).steps[-1][1]
-    assert (clf.batch_norm, clf.augment, clf.lr_schedule) == (True, "affine", "one-cycle")
+    assert (clf.batch_norm, clf.augment, clf.lr_schedule) == (True, "elastic", "one-cycle")
     code, out, err = run(capsys, "train", data.train, "-o", path, *FAST, "--augment", "none",
                          "--no-batch-norm")
     clf = load_model(path).steps[-1][1]
     assert code == 0 and (clf.batch_norm, clf.augment) == (False, None)
+
+
+@pytest.mark.parametrize("model, hidden, epochs", [("mlp", (800,), 40), ("cnn", (128,), 20)])
+def test_default_recipe_sizes_and_epochs_per_model(model, hidden, epochs):
+    from skdigits.cli import _make_classifier, build_parser
+
+    args = build_parser().parse_args(["train", "train.csv", "-o", "m.skops", "--model", model])
+    clf = _make_classifier(args)
+    assert (clf.hidden_layer_sizes, clf.max_iter, clf.augment) == (hidden, epochs, "elastic")
+    args = build_parser().parse_args(["train", "train.csv", "-o", "m.skops", "--model", model,
+                                      "--epochs", "7", "--hidden", "9"])
+    assert (_make_classifier(args).max_iter, _make_classifier(args).hidden_layer_sizes) == (7, (9,))
 
 
 def test_diverging_training_is_an_error_and_saves_nothing(capsys, data, tmp_path):
