@@ -4,7 +4,6 @@ the unfused Conv2D + MaxPool2D it replaces (bit for bit) and against loops."""
 import copy
 import warnings
 
-
 import numpy as np
 import pytest
 import skops.io as sio
@@ -13,12 +12,11 @@ from sklearn.exceptions import ConvergenceWarning
 import skdigits.cnn
 from skdigits import NumpyCNNClassifier
 from skdigits.nn import (Activation, BatchNorm, Conv2D, ConvReLUPool2D, Dense, Flatten, MaxPool2D,
-                         Network)
-from skdigits.nn import conv
+                         Network, conv)
 from skdigits.nn.conv import fuse_conv_relu_pool
 from skdigits.persistence import load_model, save_model
-from test_nn_conv import (_check_layer_gradients, _standalone, conv2d_backward_naive,
-                          conv2d_naive, maxpool_naive)
+from test_nn_conv import (_check_layer_gradients, _numerical_grad, _standalone,
+                          conv2d_backward_naive, conv2d_naive, maxpool_naive)
 from test_nn_parallel import always_shard, fit_under  # noqa: F401 - a fixture and a helper
 from test_persistence_hostile import (FRESH_ID, _attributes, _refused, _repack, _schema,
                                       _tuple_node, _write)
@@ -179,6 +177,31 @@ def test_gradients_by_finite_differences(padding, shape):
     _check_layer_gradients(fused, X, rng, kink=_kinks(fused, X))
 
 
+def test_network_gradient_by_finite_differences():
+    rng = np.random.default_rng(8)
+    layers = [ConvReLUPool2D(3, "same"), Flatten(), Dense(4)]
+    net = Network(layers, "softmax", "float64").build((4, 6, 2), np.random.RandomState(0),
+                                                      init="he")
+    X = rng.standard_normal((5, 4, 6, 2))
+    Y = np.eye(4)[rng.integers(0, 4, 5)]
+    kinks = _kinks(net.layers[0], X)
+    assert kinks.min() > 1e-4  # no perturbation of 1e-6 crosses a kink
+    net.loss_and_gradient(X, Y, alpha=0.1)
+    analytic = net.grads.copy()
+    numeric = _numerical_grad(lambda: net.loss_and_gradient(X, Y, alpha=0.1), net.params)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_inference_keeps_no_state():
+    """Prediction allocates per call and keeps nothing: threads may share the layer."""
+    fused = _standalone(ConvReLUPool2D(4), (6, 6, 16), "float32")
+    X = np.random.default_rng(9).standard_normal((3, 6, 6, 16)).astype(np.float32)
+    out = fused.forward(X)
+    assert not fused._buffers and not hasattr(fused, "_routes")
+    _same_bits(fused.forward(X, training=True), out)
+    assert fused._buffers["routes"].shape == (4, 3, 3, 3, 4)
+
+
 # ----------------------------------------------------- when it applies
 def test_fuses_exactly_where_the_bits_agree():
     relu = Conv2D(8, 3, padding="same")
@@ -283,7 +306,7 @@ def test_estimator_fit_independent_of_blas_threads(always_shard, monkeypatch):  
     def make():
         return NumpyCNNClassifier(conv_filters=(16, 8), hidden_layer_sizes=(8,), max_iter=2,
                                   random_state=0)
-    one, proba_one, calls_one = fit_under(1, make, X, y, monkeypatch)
+    one, proba_one, _ = fit_under(1, make, X, y, monkeypatch)
     two, proba_two, calls_two = fit_under(2, make, X, y, monkeypatch)
     assert type(one._network.layers[2]) is ConvReLUPool2D
     assert any(name.startswith("skdigits-shard") for name, _ in calls_two)
@@ -311,8 +334,6 @@ def test_hostile_file_with_a_strided_fused_layer_is_refused(digits, tmp_path):
     """A file claiming the fused layer strides by 2 keeps every parameter
     shape consistent; the layer's own check refuses it while the network is
     restored, before anything runs."""
-    import skops.io as sio
-
     X, y = digits
     data = sio.dumps(_fit(X[:100], y[:100]))
     schema = _schema(data)

@@ -16,6 +16,10 @@ algorithm (:mod:`~skdigits.nn.winograd`): 16 products with inner dimension
 ``c_in`` in place of one with ``9 * c_in``, 2.25x fewer multiplications, and
 a backward pass without col2im.  ``Conv2D(algorithm=...)`` chooses; the
 direct im2col path stays the reference it is tested against.
+:class:`ConvReLUPool2D` is such a Winograd convolution with its ReLU and a
+2x2 max-pool in one layer (Winograd's 2x2 output tiles are the pooling
+windows), computing the bits of ``Conv2D`` then ``MaxPool2D``, which stay
+the reference path.
 
 As in :mod:`~skdigits.nn.layers`, training mode reuses buffers between
 batches of one size, and inference mode allocates its arrays per call and
@@ -703,8 +707,8 @@ class ConvReLUPool2D(Conv2D):
 
     def build(self, input_shape, dtype):
         # A layer loaded from a file never ran __init__: check what it computes.
-        expected = dict(kernel_size=(3, 3), stride=(1, 1), activation="relu",
-                        algorithm="winograd")
+        expected = {"kernel_size": (3, 3), "stride": (1, 1), "activation": "relu",
+                    "algorithm": "winograd"}
         for name, value in expected.items():
             if getattr(self, name, None) != value:
                 raise ValueError(f"ConvReLUPool2D needs {name}={value!r}, "
