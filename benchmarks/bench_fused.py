@@ -60,21 +60,23 @@ def shard_cpu_ms(networks, X, Y, shards):
     return [1e3 * total / shards for total in totals]
 
 
-def layer_cpu_ms(layers, X, repeat):
-    """Mean CPU ms of forward (training) and backward of ``layers`` in sequence."""
-    forward = backward = 0.0
-    for _ in range(repeat):
-        start = time.process_time()
-        out = X
-        for layer in layers:
-            out = layer.forward(out, training=True)
-        middle = time.process_time()
-        grad = np.ones_like(out)
-        for layer in reversed(layers):
-            grad = layer.backward(grad)
-        forward += middle - start
-        backward += time.process_time() - middle
-    return 1e3 * forward / repeat, 1e3 * backward / repeat
+def block_cpu_ms(blocks, X, repeat):
+    """Mean CPU ms of forward (training) and backward of each block's layers
+    in sequence, the blocks taking turns."""
+    totals = [[0.0, 0.0] for _ in blocks]
+    for k in range(repeat):
+        for i in (range(len(blocks)) if k % 2 == 0 else reversed(range(len(blocks)))):
+            start = time.process_time()
+            out = X
+            for layer in blocks[i]:
+                out = layer.forward(out, training=True)
+            middle = time.process_time()
+            grad = np.ones_like(out)
+            for layer in reversed(blocks[i]):
+                grad = layer.backward(grad)
+            totals[i][0] += middle - start
+            totals[i][1] += time.process_time() - middle
+    return [(1e3 * fwd / repeat, 1e3 * bwd / repeat) for fwd, bwd in totals]
 
 
 def main(argv=None):
@@ -102,7 +104,7 @@ def main(argv=None):
         for layer in fused.layers[:2]:
             block_input = layer.forward(block_input, training=True)
         block_input = block_input.copy()
-        blocks = {"fused": [fused.layers[2]], "unfused": unfused.layers[2:4]}
+        blocks = [fused.layers[2:3], unfused.layers[2:4]]
 
         times = {"fused": [], "unfused": []}
         layer_times = {"fused": [], "unfused": []}
@@ -110,8 +112,9 @@ def main(argv=None):
             for name, ms in zip(("fused", "unfused"),
                                 shard_cpu_ms([fused, unfused], X, Y, args.shards)):
                 times[name].append(ms)
-            for name, layers in blocks.items():
-                layer_times[name].append(layer_cpu_ms(layers, block_input, args.shards))
+            for name, ms in zip(("fused", "unfused"),
+                                block_cpu_ms(blocks, block_input, args.shards)):
+                layer_times[name].append(ms)
             print(f"turn {turn + 1}: fused {times['fused'][-1]:.2f} ms, "
                   f"unfused {times['unfused'][-1]:.2f} ms per shard "
                   f"({times['fused'][-1] / times['unfused'][-1]:.3f})")
