@@ -123,8 +123,9 @@ def main(argv=None):
     print(f"shard of 32, forward+backward, 1 thread, CPU time, medians of {args.turns} turns: "
           f"fused {fused_ms:.2f} ms, unfused {unfused_ms:.2f} ms, "
           f"ratio {fused_ms / unfused_ms:.3f}")
-    print("ratios per turn:", ", ".join(f"{a / b:.3f}" for a, b in zip(times["fused"],
-                                                                       times["unfused"])))
+    ratios = [a / b for a, b in zip(times["fused"], times["unfused"])]
+    print("ratios per turn:", ", ".join(f"{r:.3f}" for r in ratios),
+          f"(median {statistics.median(ratios):.3f})")
     for name in ("fused", "unfused"):
         fwd = statistics.median(t[0] for t in layer_times[name])
         bwd = statistics.median(t[1] for t in layer_times[name])
