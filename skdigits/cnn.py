@@ -103,6 +103,11 @@ class NumpyCNNClassifier(BaseNetClassifier):
     With ``warm_start=True`` only training parameters may change between
     fits, as for :class:`NumpyMLPClassifier`.
 
+    A block whose ReLU convolution takes Winograd (16 input channels or
+    more) and pools 2x2 without ``batch_norm`` is built as one
+    :class:`skdigits.nn.ConvReLUPool2D` layer, which computes the bits of the
+    separate convolution and pooling layers in less time and memory.
+
     Examples
     --------
     >>> from sklearn.datasets import load_digits
