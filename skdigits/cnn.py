@@ -9,6 +9,7 @@ from ._base import activated, infer_image_shape, positive_ints
 from ._classifier import BaseNetClassifier
 from .nn import Dense, Dropout, Network
 from .nn import Conv2D, Flatten, MaxPool2D
+from .nn.conv import fuse_conv_relu_pool
 
 
 class NumpyCNNClassifier(BaseNetClassifier):
@@ -101,6 +102,11 @@ class NumpyCNNClassifier(BaseNetClassifier):
     ``early_stopping=True`` (with ``n_iter_no_change`` below ``max_iter``).
     With ``warm_start=True`` only training parameters may change between
     fits, as for :class:`NumpyMLPClassifier`.
+
+    A block whose ReLU convolution takes Winograd (16 input channels or
+    more) and pools 2x2 without ``batch_norm`` is built as one
+    :class:`skdigits.nn.ConvReLUPool2D` layer, which computes the bits of the
+    separate convolution and pooling layers in less time and memory.
 
     Examples
     --------
@@ -213,13 +219,18 @@ class NumpyCNNClassifier(BaseNetClassifier):
         filters = positive_ints(self.conv_filters, "conv_filters")
         hidden = positive_ints(self.hidden_layer_sizes, "hidden_layer_sizes")
         rates = self._dropout_rates(len(hidden))
-        layers, (h, w, _) = [], shape
+        layers, (h, w, channels) = [], shape
         for n_filters in filters:
             conv = partial(Conv2D, n_filters, self.kernel_size, padding="same")
-            layers += activated(conv, self.activation, self.batch_norm)
-            if h >= self.pool_size and w >= self.pool_size and self.pool_size > 1:
-                layers.append(MaxPool2D(self.pool_size))
+            block = activated(conv, self.activation, self.batch_norm)
+            pools = h >= self.pool_size and w >= self.pool_size and self.pool_size > 1
+            if pools:
+                block.append(MaxPool2D(self.pool_size))
+            # The same bits in one layer where Winograd's tiles are the pool's windows.
+            layers += fuse_conv_relu_pool(block, (h, w, channels))
+            if pools:
                 h, w = h // self.pool_size, w // self.pool_size
+            channels = n_filters
         layers.append(Flatten())
         if self.conv_dropout > 0:
             layers.append(Dropout(self.conv_dropout))

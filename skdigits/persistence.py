@@ -139,7 +139,7 @@ def trusted_types():
     from .augmentation import Augmentation
     from .data.images import ImageTransformer
     from .mlp import NumpyMLPClassifier, NumpyMLPRegressor
-    from .nn.conv import Conv2D, Flatten, MaxPool2D
+    from .nn.conv import Conv2D, ConvReLUPool2D, Flatten, MaxPool2D
     from .nn.layers import Activation, Dense, Dropout
     from .nn.network import Network
     from .nn.normalization import BatchNorm
@@ -148,7 +148,7 @@ def trusted_types():
 
     classes = [NumpyMLPClassifier, NumpyMLPRegressor, NumpyCNNClassifier, Network, Dense,
                Dropout, Conv2D, MaxPool2D, Flatten, BatchNorm, Activation, Adam, SGD,
-               TrainingHistory, ImageTransformer, Augmentation]
+               TrainingHistory, ImageTransformer, Augmentation, ConvReLUPool2D]
     return sorted({_type_name(cls) for cls in classes} | set(_NUMPY_TYPES))
 
 

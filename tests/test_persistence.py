@@ -123,6 +123,7 @@ def test_allow_list_is_explicit():
         "skdigits.mlp.NumpyMLPClassifier",
         "skdigits.mlp.NumpyMLPRegressor",
         "skdigits.nn.conv.Conv2D",
+        "skdigits.nn.conv.ConvReLUPool2D",
         "skdigits.nn.conv.Flatten",
         "skdigits.nn.conv.MaxPool2D",
         "skdigits.nn.layers.Activation",

@@ -6,7 +6,7 @@ second core lives in :mod:`skdigits.concurrency`.
 """
 
 from .activations import ACTIVATIONS, DERIVATIVES
-from .conv import Conv2D, Flatten, MaxPool2D
+from .conv import Conv2D, ConvReLUPool2D, Flatten, MaxPool2D
 from .initializers import INITIALIZERS, glorot_uniform, he_normal
 from .layers import Activation, Batch, Dense, Dropout, Layer
 from .losses import LOSSES, binary_cross_entropy, log_softmax, sigmoid, softmax, softmax_cross_entropy
@@ -16,7 +16,7 @@ from .optimizers import SGD, Adam, StochasticOptimizer, minimize_lbfgs
 
 __all__ = [
     "ACTIVATIONS", "DERIVATIVES", "INITIALIZERS", "LOSSES", "PREDICT_CHUNK",
-    "Activation", "Adam", "Batch", "BatchNorm", "Conv2D", "Dense", "Dropout",
+    "Activation", "Adam", "Batch", "BatchNorm", "Conv2D", "ConvReLUPool2D", "Dense", "Dropout",
     "Flatten", "Layer", "MaxPool2D", "Network", "SGD",
     "StochasticOptimizer",
     "binary_cross_entropy", "glorot_uniform", "he_normal", "log_softmax",

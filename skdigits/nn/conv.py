@@ -16,6 +16,10 @@ algorithm (:mod:`~skdigits.nn.winograd`): 16 products with inner dimension
 ``c_in`` in place of one with ``9 * c_in``, 2.25x fewer multiplications, and
 a backward pass without col2im.  ``Conv2D(algorithm=...)`` chooses; the
 direct im2col path stays the reference it is tested against.
+:class:`ConvReLUPool2D` is such a Winograd convolution with its ReLU and a
+2x2 max-pool in one layer (Winograd's 2x2 output tiles are the pooling
+windows), computing the bits of ``Conv2D`` then ``MaxPool2D``, which stay
+the reference path.
 
 As in :mod:`~skdigits.nn.layers`, training mode reuses buffers between
 batches of one size, and inference mode allocates its arrays per call and
@@ -23,6 +27,8 @@ keeps no state.  Every operation treats samples independently (the matrix
 products just stack them as rows), so a sample's output does not depend on
 the other samples in its batch.
 """
+
+import copy
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -403,25 +409,35 @@ class Conv2D(Layer):
     def _forward_winograd(self, X, training):
         """Winograd F(2x2, 3x3); the stages are named as in :mod:`~skdigits.nn.winograd`."""
         n = X.shape[0]
-        (th, tw), c, f = self._tiles, self.c_in, self.filters
+        (th, tw), f = self._tiles, self.filters
         new = self._array(training)
-        U = winograd.kernel_transform(self.params["W"], new("U", (4, 4, c, f))).reshape(16, c, f)
+        U = self._kernel_matrices(new)
         A = new("A", (n, 2 * th, 2 * tw, f))
         for rows in self._chunks(n):
-            nc = rows.stop - rows.start
-            V = self._transformed_input(X[rows], new)
-            M = np.matmul(V.reshape(16, -1, c), U, out=new(("M", nc), (16, tw * nc * th, f)))
-            M = M.reshape(4, 4, tw, nc, th, f)
-            # A^T e1 e1^T A is the 2x2 block of ones: the bias added at tile
-            # position (1, 1) reaches all four outputs, in a quarter of a pass.
-            M[1, 1] += self.params["b"]
-            Y = winograd.output_transform(M, new(("cols", nc), (4, 2, tw, nc, th, f)),
-                                          new(("Y", nc), (2, 2, tw, nc, th, f)))
+            Y = self._output_tiles(X[rows], U, new)
             ACTIVATIONS[self.activation](Y)
             winograd.merge_tiles(Y, A[rows])
         if training:
             self._X, self._U, self._A = X, U, A
         return A[:, :self.h_out, :self.w_out]  # the whole buffer unless a side is odd
+
+    def _kernel_matrices(self, new):
+        """U = G g G^T of the kernel as the 16 matrices (16, c_in, filters) of the products."""
+        U = winograd.kernel_transform(self.params["W"], new("U", (4, 4, self.c_in, self.filters)))
+        return U.reshape(16, self.c_in, self.filters)
+
+    def _output_tiles(self, X, U, new):
+        """The pre-activations of the images X (one chunk) as 2x2 output tiles,
+        Y = A^T [(U) * (B^T d B)] A + b, shape (2, 2, tw, nc, th, filters)."""
+        nc, (th, tw), c, f = X.shape[0], self._tiles, self.c_in, self.filters
+        V = self._transformed_input(X, new)
+        M = np.matmul(V.reshape(16, -1, c), U, out=new(("M", nc), (16, tw * nc * th, f)))
+        M = M.reshape(4, 4, tw, nc, th, f)
+        # A^T e1 e1^T A is the 2x2 block of ones: the bias added at tile
+        # position (1, 1) reaches all four outputs, in a quarter of a pass.
+        M[1, 1] += self.params["b"]
+        return winograd.output_transform(M, new(("cols", nc), (4, 2, tw, nc, th, f)),
+                                         new(("Y", nc), (2, 2, tw, nc, th, f)))
 
     def _transformed_input(self, X, new):
         """V = B^T d B of every tile of the images X, into ``new``'s arrays."""
@@ -432,9 +448,6 @@ class Conv2D(Layer):
                                         new(("V", nc), (4, 4, tw, nc, th, c)))
 
     def _backward_winograd(self, dA, need_input_grad):
-        n = dA.shape[0]
-        (th, tw), c, f = self._tiles, self.c_in, self.filters
-        (top, _), (left, _) = self._pad_h, self._pad_w
         if dA.shape != self._A.shape:
             # An odd side: the outputs of the dropped half tile get gradient 0.
             dY = self._buffer("dY_tiles", self._A.shape)
@@ -442,6 +455,20 @@ class Conv2D(Layer):
             dY[:, :, self.w_out:] = 0
             dY[:, :self.h_out, :self.w_out] = dA
             dA = dY
+
+        def tile_gradient(rows, out):
+            # d loss / d (pre-activation), then in the tiles' layout.
+            dZ = DERIVATIVES[self.activation](self._A[rows], dA[rows])
+            return winograd.split_tiles(dZ, out)
+        return self._backward_from_tiles(dA.shape[0], tile_gradient, need_input_grad)
+
+    def _backward_from_tiles(self, n, tile_gradient, need_input_grad):
+        """The Winograd backward pass of a batch of ``n`` from the gradients of
+        its pre-activations, which ``tile_gradient(rows, out)`` writes chunk by
+        chunk into ``out`` (2, 2, tw, nc, th, filters), the tiles' layout, and
+        returns.  Fills ``self.grads``; returns d loss / d X or None."""
+        (th, tw), c, f = self._tiles, self.c_in, self.filters
+        (top, _), (left, _) = self._pad_h, self._pad_w
         dU = self._buffer("dU", (16, c, f))
         dU_chunk = self._buffer("dU_chunk", (16, c, f))
         db_chunk = self._buffer("db_chunk", (f,))
@@ -451,9 +478,7 @@ class Conv2D(Layer):
         ones = self._ones((chunks[0].stop - chunks[0].start) * th * tw)
         for k, rows in enumerate(chunks):
             nc = rows.stop - rows.start
-            # d loss / d (pre-activation), then in the tiles' layout.
-            dZ = DERIVATIVES[self.activation](self._A[rows], dA[rows])
-            dZ = winograd.split_tiles(dZ, self._buffer(("Y", nc), (2, 2, tw, nc, th, f)))
+            dZ = tile_gradient(rows, self._buffer(("Y", nc), (2, 2, tw, nc, th, f)))
             dM = self._buffer(("M", nc), (16, tw * nc * th, f))
             winograd.output_transform_adjoint(dZ, self._buffer(("cols", nc), (4, 2, tw, nc, th, f)),
                                               dM.reshape(4, 4, tw, nc, th, f))
@@ -477,6 +502,31 @@ class Conv2D(Layer):
                 winograd.merge_image(dP, top, left, dX[rows])
         winograd.kernel_transform_adjoint(dU.reshape(4, 4, c, f), out=self.grads["W"])
         return dX
+
+
+def _first_maximum_masks(pieces, Y, masks, taken):
+    """The max-pool's routes: ``masks[k]`` is true where ``pieces[k]`` holds
+    the first maximum ``Y`` of its window, in the order of ``pieces``.
+
+    ``pieces`` are the window offsets' values, each shaped like ``Y`` (their
+    elementwise maximum); ``masks`` (len(pieces), *Y.shape) and ``taken``
+    (Y.shape) are boolean arrays to write.  Ties go to the earliest offset.
+    """
+    np.equal(pieces[0], Y, out=masks[0])
+    done = masks[0]  # where an earlier offset already holds the maximum
+    for k in range(1, len(pieces)):
+        mask = masks[k]
+        if k == len(pieces) - 1:
+            # Every window holds its maximum: where no earlier offset
+            # does, the last one does, without comparing.
+            np.logical_not(done, out=mask)
+            break
+        np.equal(pieces[k], Y, out=mask)
+        # For booleans, mask > done is "mask and not done": a tie with an
+        # earlier offset loses.
+        np.greater(mask, done, out=mask)
+        done = np.logical_or(done, mask, out=taken)
+    return masks
 
 
 class MaxPool2D(Layer):
@@ -552,21 +602,7 @@ class MaxPool2D(Layer):
         if masks is None or masks.shape != shape:
             masks = self._buffers["routes"] = np.empty(shape, dtype=bool)
             self._buffers["taken"] = np.empty(Y.shape, dtype=bool)
-        np.equal(slices[0], Y, out=masks[0])
-        taken = masks[0]  # where an earlier offset already holds the maximum
-        for k in range(1, len(slices)):
-            mask = masks[k]
-            if k == len(slices) - 1:
-                # Every window holds its maximum: where no earlier offset
-                # does, the last one does, without comparing.
-                np.logical_not(taken, out=mask)
-                break
-            np.equal(slices[k], Y, out=mask)
-            # For booleans, mask > taken is "mask and not taken": a tie
-            # with an earlier offset loses.
-            np.greater(mask, taken, out=mask)
-            taken = np.logical_or(taken, mask, out=self._buffers["taken"])
-        return masks
+        return _first_maximum_masks(slices, Y, masks, self._buffers["taken"])
 
     def backward(self, dY, need_input_grad=True):
         """dY (n, h_out, w_out, c) -> d loss / d X (n, h, w, c)."""
@@ -590,6 +626,165 @@ class MaxPool2D(Layer):
             # Accumulate: windows overlap when stride < pool_size.
             piece += routed
         return dX
+
+
+class ConvReLUPool2D(Conv2D):
+    """``Conv2D(filters, 3, padding=padding, algorithm='winograd')`` (ReLU),
+    then ``MaxPool2D(2)``, in one layer that computes the same bits.
+
+    Winograd's 2x2 output tiles (:mod:`~skdigits.nn.winograd`) are exactly
+    the 2x2 pooling windows, so the pool takes the maximum of the tiles' four
+    positions, four contiguous arrays, and the full-size activation is never
+    merged into an image, pooled, nor split back into tiles for the backward
+    pass.  ReLU is non-decreasing, so it commutes with the maximum
+    (``max(relu(y)) == relu(max(y))``) and runs on the pooled quarter-size
+    array.  The gradient goes, as in :class:`MaxPool2D`, to the first
+    position in row-major order that holds the window's maximum, where that
+    maximum is positive: the routes of the pre-activations pick the same
+    position as those of the activations wherever the ReLU passes a
+    gradient.  Forward output, input gradient and parameter gradients are
+    bit-identical to ``Conv2D`` then ``MaxPool2D`` (the tests compare them).
+
+    Parameters
+    ----------
+    filters : int
+        Number of output channels.
+    padding : {'same', 'valid'}, default='same'
+        As for :class:`Conv2D`.  An odd convolution output side drops its
+        last row or column, as :class:`MaxPool2D` does.
+
+    Notes
+    -----
+    Shapes: X (n, h, w, c_in), W (3, 3, c_in, filters), b (filters,), output
+    (n, h_out // 2, w_out // 2, filters), with ``h_out, w_out`` the
+    convolution's output sides (at least 2).  Parameters, their layout and
+    their initialisation are those of the :class:`Conv2D` it replaces, so a
+    network using it draws the same initial weights.  Training keeps the
+    pooled output and one boolean route per tile position (a sixteenth of
+    the full-size activation's bytes in float32, instead of the activation
+    and the pool's routes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdigits.nn import Conv2D, ConvReLUPool2D, MaxPool2D
+    >>> ConvReLUPool2D(64).build((14, 14, 32), "float32")
+    (7, 7, 64)
+    >>> conv, pool = Conv2D(64, padding="same"), MaxPool2D(2)
+    >>> ConvReLUPool2D.fuses(conv, pool, (14, 14, 32))
+    True
+    >>> ConvReLUPool2D.fuses(conv, pool, (14, 14, 1))  # 'auto' takes im2col here
+    False
+    """
+
+    #: Fixed: what the layer computes does not depend on a saved value.
+    algorithm = "winograd"
+
+    def __init__(self, filters, padding="same"):
+        super().__init__(filters, 3, 1, padding, "relu", "winograd")
+
+    @classmethod
+    def from_conv(cls, conv):
+        """The fused layer with ``conv``'s filters and padding."""
+        return cls(conv.filters, conv.padding)
+
+    @staticmethod
+    def fuses(conv, pool, input_shape):
+        """Whether ``ConvReLUPool2D.from_conv(conv)`` computes the bits of
+        ``conv`` then ``pool`` on per-sample ``input_shape``: a ReLU
+        :class:`Conv2D` that takes Winograd there, and a 2x2 pool of stride 2
+        that fits its output."""
+        if type(conv) is not Conv2D or type(pool) is not MaxPool2D:
+            return False
+        if conv.activation != "relu" or (pool.pool_size, pool.stride) != ((2, 2), (2, 2)):
+            return False
+        probe = copy.copy(conv)  # configuration only; build sets derived state
+        try:
+            h_out, w_out, _ = probe.build(input_shape, "float64")
+        except ValueError:
+            return False
+        return probe.algorithm_ == "winograd" and h_out >= 2 and w_out >= 2
+
+    def build(self, input_shape, dtype):
+        # A layer loaded from a file never ran __init__: check what it computes.
+        expected = {"kernel_size": (3, 3), "stride": (1, 1), "activation": "relu",
+                    "algorithm": "winograd"}
+        for name, value in expected.items():
+            if getattr(self, name, None) != value:
+                raise ValueError(f"ConvReLUPool2D needs {name}={value!r}, "
+                                 f"got {getattr(self, name, None)!r}.")
+        if self.padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', got {self.padding!r}.")
+        h_out, w_out, filters = super().build(input_shape, dtype)
+        if h_out < 2 or w_out < 2:
+            raise ValueError(f"Pool (2, 2) does not fit the {h_out}x{w_out} output of the "
+                             f"convolution of a {input_shape[0]}x{input_shape[1]} input.")
+        return (h_out // 2, w_out // 2, filters)
+
+    def _bool_buffer(self, key, shape):
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[key] = np.empty(shape, dtype=bool)
+        return buf
+
+    def forward(self, X, training=False, batch=None):
+        """X (n, h, w, c_in) -> (n, h_out // 2, w_out // 2, filters)."""
+        n, f = X.shape[0], self.filters
+        ph, pw = self.h_out // 2, self.w_out // 2
+        new = self._array(training)
+        U = self._kernel_matrices(new)
+        pooled = new("pooled", (n, ph, pw, f))
+        # Routes (4, pw, n, ph, f): the tiles' layout, images on axis 2.
+        routes = self._bool_buffer("routes", (4, pw, n, ph, f)) if training else None
+        for rows in self._chunks(n):
+            nc = rows.stop - rows.start
+            Y = self._output_tiles(X[rows], U, new)
+            # The windows' four positions, in MaxPool2D's row-major order;
+            # the tiles of a dropped odd row or column are left out.
+            corners = [Y[a, b, :pw, :, :ph] for a in (0, 1) for b in (0, 1)]
+            peak = new(("peak", nc), (pw, nc, ph, f))
+            np.maximum(corners[0], corners[1], out=peak)
+            np.maximum(peak, corners[2], out=peak)
+            np.maximum(peak, corners[3], out=peak)
+            if training:
+                _first_maximum_masks(corners, peak, routes[:, :, rows],
+                                     self._bool_buffer(("taken", nc), peak.shape))
+            ACTIVATIONS["relu"](peak)
+            np.copyto(pooled[rows], peak.transpose(1, 2, 0, 3))
+        if training:
+            self._X, self._U, self._pooled, self._routes = X, U, pooled, routes
+        return pooled
+
+    def backward(self, dY, need_input_grad=True):
+        """dY: d loss / d output (n, h_out // 2, w_out // 2, filters), overwritten.
+
+        Writes d loss / d W and d loss / d b into ``self.grads`` and returns
+        d loss / d X (n, h, w, c_in), or None when ``need_input_grad`` is false.
+        """
+        (th, tw), ph, pw = self._tiles, self.h_out // 2, self.w_out // 2
+
+        def tile_gradient(rows, out):
+            # ReLU's derivative on the pooled values, then each window's
+            # gradient to its route.  Both factors are 0 or 1: the product
+            # has the bits of the unfused pool's then ReLU's, signed zeros too.
+            dZ = DERIVATIVES["relu"](self._pooled[rows], dY[rows]).transpose(2, 0, 1, 3)
+            for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+                np.multiply(dZ, self._routes[k, :, rows], out=out[a, b, :pw, :, :ph])
+            if (ph, pw) != (th, tw):  # tiles of a dropped row or column
+                out[:, :, pw:] = 0
+                out[:, :, :, :, ph:] = 0
+            return out
+        return self._backward_from_tiles(dY.shape[0], tile_gradient, need_input_grad)
+
+
+def fuse_conv_relu_pool(block, input_shape):
+    """``block`` (a list of layers, the first fed by per-sample ``input_shape``)
+    with a leading :class:`Conv2D` -> :class:`MaxPool2D` pair replaced by the
+    :class:`ConvReLUPool2D` that computes its bits, where
+    :meth:`ConvReLUPool2D.fuses` says it does; otherwise the block as it is."""
+    if len(block) >= 2 and ConvReLUPool2D.fuses(block[0], block[1], input_shape):
+        return [ConvReLUPool2D.from_conv(block[0])] + list(block[2:])
+    return list(block)
 
 
 class Flatten(Layer):
