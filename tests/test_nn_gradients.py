@@ -425,3 +425,21 @@ def test_float32_gradient_matches_float64(activation, target):
     scale = np.abs(g64).max()
     np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-5 * scale)
     assert np.linalg.norm(g32 - g64) / np.linalg.norm(g64) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5), (2, 300, 900), (0, 4)])
+def test_relu_in_blocks_equals_the_plain_maximum(dtype, shape):
+    from skdigits.nn.activations import relu
+
+    Z = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    if Z.size:
+        Z.reshape(-1)[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    expected = np.maximum(Z, 0)
+    out = relu(Z)
+    assert out is Z
+    np.testing.assert_array_equal(out, expected)  # NaN where NaN, spanning several blocks
+    strided = np.random.default_rng(1).standard_normal((6, 8)).astype(dtype)[:, ::2]
+    expected = np.maximum(strided, 0)
+    assert relu(strided) is strided  # not contiguous: in place all the same
+    np.testing.assert_array_equal(strided, expected)

@@ -7,6 +7,8 @@ incoming gradient ``delta`` (d loss / d A) in place by ``f'(Z)``, so that
 keep one buffer per batch instead of two.
 """
 
+import functools
+
 import numpy as np
 
 
@@ -30,9 +32,31 @@ def tanh(Z):
     return np.tanh(Z, out=Z)
 
 
+#: Values of the read-only block of zeros :func:`relu` compares against.
+_ZEROS_BLOCK = 2**18
+
+
+@functools.cache
+def _zeros(dtype):
+    zeros = np.zeros(_ZEROS_BLOCK, dtype=dtype)
+    zeros.flags.writeable = False  # shared by every thread
+    return zeros
+
+
 def relu(Z):
     """``f(z) = max(z, 0)``."""
-    return np.maximum(Z, 0, out=Z)
+    if not Z.flags.c_contiguous:
+        return np.maximum(Z, 0, out=Z)
+    # np.maximum against the scalar 0 takes NumPy's (2.4) scalar-operand
+    # loop, 3-5x slower than against an array of zeros: 450 against 85 us
+    # on the CNN's first activation (32 x 28 x 28 x 32 float32).  Pieces of
+    # one cached block of zeros keep that fast loop without a temporary.
+    flat = Z.reshape(-1)
+    zeros = _zeros(Z.dtype)
+    for start in range(0, flat.size, _ZEROS_BLOCK):
+        piece = flat[start:start + _ZEROS_BLOCK]
+        np.maximum(piece, zeros[:piece.size], out=piece)
+    return Z
 
 
 def identity_derivative(A, delta):
