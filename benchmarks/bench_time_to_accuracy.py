@@ -13,7 +13,7 @@ biases, Adam with scikit-learn's L2 penalty ``alpha * W / batch rows`` on the
 weights only, batch size, epochs planned, shuffling every epoch, float32):
 
 - ``mlp``: 784-512-10 ReLU, Adam 1e-3, alpha 1e-4, batch 128; target 98.0%
-  (``--hidden`` and ``--batch-size`` change the width and the batch).
+  (``--hidden``, ``--batch-size`` and ``--learning-rate`` change them).
 - ``cnn``: NumpyCNNClassifier's defaults (conv 3x3 x32 -> pool -> conv 3x3
   x64 -> pool -> dropout 0.25 -> dense 128 -> dropout 0.5 -> 10), Adam 1e-3,
   alpha 1e-4, batch 64; target 99.0%.
@@ -50,11 +50,13 @@ class Recipe:
     batch_size: int
     max_epochs: int
     hidden: int = 128
+    learning_rate: float = 1e-3
 
     def description(self, name):
         network = (f"784-{self.hidden}-10" if name == "mlp"
                    else "NumpyCNNClassifier's network")
-        return f"{network}, He init, Adam 1e-3, alpha 1e-4, batch {self.batch_size}"
+        return (f"{network}, He init, Adam {self.learning_rate:g}, alpha 1e-4, "
+                f"batch {self.batch_size}")
 
 
 RECIPES = {"mlp": Recipe(0.98, 128, 15, hidden=512), "cnn": Recipe(0.99, 64, 10)}
@@ -62,8 +64,8 @@ RECIPES = {"mlp": Recipe(0.98, 128, 15, hidden=512), "cnn": Recipe(0.99, 64, 10)
 
 # ------------------------------------------------------------------ skdigits
 def our_estimator(recipe, name, max_epochs, lr_schedule):
-    common = dict(learning_rate_init=1e-3, alpha=1e-4, batch_size=recipe.batch_size,
-                  max_iter=max_epochs, tol=0.0, n_iter_no_change=max_epochs + 1,
+    common = dict(learning_rate_init=recipe.learning_rate, alpha=1e-4,
+                  batch_size=recipe.batch_size, max_iter=max_epochs, tol=0.0, n_iter_no_change=max_epochs + 1,
                   lr_schedule=lr_schedule, random_state=0)
     if name == "mlp":
         return NumpyMLPClassifier(hidden_layer_sizes=(recipe.hidden,), weight_init="he",
@@ -146,7 +148,7 @@ def time_torch(recipe, name, X, y, X_test, y_test, max_epochs, lr_schedule):
     biases = [p for p in model.parameters() if p.ndim == 1]
     optimizer = torch.optim.Adam(
         [{"params": weights, "weight_decay": 1e-4 / recipe.batch_size},
-         {"params": biases, "weight_decay": 0.0}], lr=1e-3)
+         {"params": biases, "weight_decay": 0.0}], lr=recipe.learning_rate)
     loss_fn = torch.nn.CrossEntropyLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     Xv, yv = torch.from_numpy(X_test), torch.from_numpy(y_test.astype(np.int64))
@@ -159,7 +161,7 @@ def time_torch(recipe, name, X, y, X_test, y_test, max_epochs, lr_schedule):
         for first in range(0, len(Xt), recipe.batch_size):
             if schedule is not None:
                 for group in optimizer.param_groups:
-                    group["lr"] = 1e-3 * schedule(step / total_steps)
+                    group["lr"] = recipe.learning_rate * schedule(step / total_steps)
             rows = order[first:first + recipe.batch_size]
             optimizer.zero_grad()
             loss_fn(model(Xt[rows]), yt[rows]).backward()
@@ -219,6 +221,8 @@ def main(argv=None):
                         help="a skdigits schedule, on both sides (default: none)")
     parser.add_argument("--hidden", type=int, help="the MLP's hidden units (default 512)")
     parser.add_argument("--batch-size", type=int, help="batch size (default per recipe)")
+    parser.add_argument("--learning-rate", type=float,
+                        help="Adam's step size, the schedule's peak (default 1e-3)")
     parser.add_argument("--rows", type=int, help="train on the first ROWS digits only")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     args = parser.parse_args(argv)
@@ -244,8 +248,9 @@ def main(argv=None):
     names = list(RECIPES) if args.recipe == "all" else [args.recipe]
     for name in names:
         recipe = RECIPES[name]
-        recipe = Recipe(recipe.target, args.batch_size or recipe.batch_size, recipe.max_epochs,
-                        args.hidden or recipe.hidden)
+        recipe = Recipe(recipe.target, args.batch_size or recipe.batch_size,
+                        recipe.max_epochs, args.hidden or recipe.hidden,
+                        args.learning_rate or recipe.learning_rate)
         max_epochs = args.max_epochs or recipe.max_epochs
         for fit in contenders.values():  # untimed warm-up
             fit(recipe, name, X[:WARM_UP_ROWS], y[:WARM_UP_ROWS], X_test[:500], y_test[:500],
