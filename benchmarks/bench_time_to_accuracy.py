@@ -65,7 +65,8 @@ RECIPES = {"mlp": Recipe(0.98, 128, 15, hidden=512), "cnn": Recipe(0.99, 64, 10)
 # ------------------------------------------------------------------ skdigits
 def our_estimator(recipe, name, max_epochs, lr_schedule):
     common = dict(learning_rate_init=recipe.learning_rate, alpha=1e-4,
-                  batch_size=recipe.batch_size, max_iter=max_epochs, tol=0.0, n_iter_no_change=max_epochs + 1,
+                  batch_size=recipe.batch_size, max_iter=max_epochs, tol=0.0,
+                  n_iter_no_change=max_epochs + 1,
                   lr_schedule=lr_schedule, random_state=0)
     if name == "mlp":
         return NumpyMLPClassifier(hidden_layer_sizes=(recipe.hidden,), weight_init="he",
