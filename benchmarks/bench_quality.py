@@ -24,6 +24,7 @@ import time
 import warnings
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
 from _common import load_average, load_mnist, machine
@@ -59,23 +60,23 @@ RECIPES = {
                         max_iter=60),
                    "784-800-10, batch norm, dropout 0.2, handwriting-wide distortions and "
                    "pen widths, one-cycle 3e-3, batch 128, 60 epochs"),
+    "cnn-default": (NumpyCNNClassifier, dict(max_iter=12),
+                    "conv 32-64, dense 128, dropout, 12 epochs (the defaults)"),
+    "cnn-best": (NumpyCNNClassifier,
+                 dict(batch_norm=True, augment="affine", lr_schedule="one-cycle",
+                      learning_rate_init=3e-3, max_iter=30),
+                 "conv 32-64, dense 128, batch norm, dropout, affine distortions, "
+                 "one-cycle 3e-3, 30 epochs"),
+    "cnn-elastic": (NumpyCNNClassifier,
+                    dict(augment="elastic", lr_schedule="one-cycle", learning_rate_init=3e-3,
+                         max_iter=30),
+                    "conv 32-64, dense 128, dropout, elastic distortions, one-cycle 3e-3, "
+                    "30 epochs (no batch norm: two cores)"),
     "cnn-robust": (NumpyCNNClassifier,
                    dict(augment=HANDWRITING_AUGMENTATION, lr_schedule="one-cycle",
                         learning_rate_init=3e-3, max_iter=30),
                    "conv 32-64, dense 128, dropout, handwriting-wide distortions and pen "
                    "widths, one-cycle 3e-3, 30 epochs"),
-    "cnn-default": (NumpyCNNClassifier, dict(max_iter=12),
-                    "conv 32-64, dense 128, dropout, 12 epochs (the defaults)"),
-    "cnn-best": (NumpyCNNClassifier,
-                 dict(augment="elastic", lr_schedule="one-cycle", learning_rate_init=3e-3,
-                      max_iter=30),
-                 "conv 32-64, dense 128, dropout, elastic distortions, one-cycle 3e-3, "
-                 "30 epochs"),
-    "cnn-batch-norm": (NumpyCNNClassifier,
-                       dict(batch_norm=True, augment="affine", lr_schedule="one-cycle",
-                            learning_rate_init=3e-3, max_iter=30),
-                       "conv 32-64, dense 128, batch norm, dropout, affine distortions, "
-                       "one-cycle 3e-3, 30 epochs"),
 }
 
 #: Our extras, left out for scikit-learn's peer.
@@ -84,7 +85,7 @@ EXTRAS = ("dropout", "weight_init", "batch_norm", "augment", "lr_schedule")
 
 def build(name, epochs=None):
     cls, params, _ = RECIPES[name]
-    params = {**params, "random_state": 0, "tol": 0.0}
+    params = {**clone(params, safe=False), "random_state": 0, "tol": 0.0}
     if epochs is not None:
         params["max_iter"] = epochs
     params["n_iter_no_change"] = params["max_iter"] + 1
