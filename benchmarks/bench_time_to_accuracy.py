@@ -6,6 +6,7 @@ mode with the same recipe, taking turns in one process.
     python benchmarks/bench_time_to_accuracy.py --recipe mlp --turns 3
     python benchmarks/bench_time_to_accuracy.py --recipe cnn --lr-schedule one-cycle
     python benchmarks/bench_time_to_accuracy.py --recipe mlp --hidden 256 --batch-size 64
+    python benchmarks/bench_time_to_accuracy.py --recipe mlp --turns 7 --vary-seed
     python benchmarks/bench_time_to_accuracy.py --rows 6000 --max-epochs 2   # a quick check
 
 Recipes (the same on both sides: network, He-normal initialisation with zero
@@ -23,16 +24,19 @@ mini-batch, computed by the same function) on both sides.  The clock stops
 while the test accuracy is measured after each epoch: what is timed is
 training, including each side's per-epoch overhead (for skdigits the
 snapshot of the fitted attributes scikit-learn's callback API hands over).
-Each contender first fits 3,000 rows for one epoch, untimed: PyTorch's first
+The two libraries draw different weights and batch orders from a seed, so
+one seed per side compares two random trajectories as much as two speeds:
+``--vary-seed`` seeds turn k of both sides with k, and the medians are then
+over seeds.  Each contender first fits 3,000 rows for one epoch, untimed: PyTorch's first
 epoch in a process is several times slower than later ones.
 """
 
 import argparse
+import dataclasses
 import datetime
 import math
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -44,13 +48,14 @@ from skdigits.training import LR_SCHEDULES
 WARM_UP_ROWS = 3000
 
 
-@dataclass
+@dataclasses.dataclass
 class Recipe:
     target: float
     batch_size: int
     max_epochs: int
     hidden: int = 128
     learning_rate: float = 1e-3
+    seed: int = 0
 
     def description(self, name):
         network = (f"784-{self.hidden}-10" if name == "mlp"
@@ -67,7 +72,7 @@ def our_estimator(recipe, name, max_epochs, lr_schedule):
     common = dict(learning_rate_init=recipe.learning_rate, alpha=1e-4,
                   batch_size=recipe.batch_size, max_iter=max_epochs, tol=0.0,
                   n_iter_no_change=max_epochs + 1,
-                  lr_schedule=lr_schedule, random_state=0)
+                  lr_schedule=lr_schedule, random_state=recipe.seed)
     if name == "mlp":
         return NumpyMLPClassifier(hidden_layer_sizes=(recipe.hidden,), weight_init="he",
                                   **common)
@@ -113,7 +118,7 @@ def torch_network(recipe, name):
     import torch
     from torch import nn
 
-    torch.manual_seed(0)
+    torch.manual_seed(recipe.seed)
     if name == "mlp":
         model = nn.Sequential(nn.Linear(784, recipe.hidden), nn.ReLU(),
                               nn.Linear(recipe.hidden, 10))
@@ -153,7 +158,7 @@ def time_torch(recipe, name, X, y, X_test, y_test, max_epochs, lr_schedule):
     loss_fn = torch.nn.CrossEntropyLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     Xv, yv = torch.from_numpy(X_test), torch.from_numpy(y_test.astype(np.int64))
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(recipe.seed)
     total_steps = max_epochs * math.ceil(len(X) / recipe.batch_size)
     schedule = LR_SCHEDULES[lr_schedule] if lr_schedule else None
     epochs, step, paused, start = [], 0, 0.0, time.perf_counter()
@@ -224,6 +229,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, help="batch size (default per recipe)")
     parser.add_argument("--learning-rate", type=float,
                         help="Adam's step size, the schedule's peak (default 1e-3)")
+    parser.add_argument("--vary-seed", action="store_true",
+                        help="turn k seeds both sides with k: medians over seeds, not one draw")
     parser.add_argument("--rows", type=int, help="train on the first ROWS digits only")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     args = parser.parse_args(argv)
@@ -245,7 +252,8 @@ def main(argv=None):
     print(f"# bench_time_to_accuracy  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# machine: {machine()}; {torch_info}")
     print(f"# {load_average()} at the start; data: {description}; train {X.shape}; "
-          f"schedule: {args.lr_schedule or 'none'}")
+          f"schedule: {args.lr_schedule or 'none'}; "
+          f"seeds: {'0 to turns - 1, both sides' if args.vary_seed else '0'}")
     names = list(RECIPES) if args.recipe == "all" else [args.recipe]
     for name in names:
         recipe = RECIPES[name]
@@ -257,10 +265,11 @@ def main(argv=None):
             fit(recipe, name, X[:WARM_UP_ROWS], y[:WARM_UP_ROWS], X_test[:500], y_test[:500],
                 1, None)
         runs = {contender: [] for contender in contenders}
-        for _ in range(args.turns):
+        for turn in range(args.turns):
+            seeded = dataclasses.replace(recipe, seed=turn if args.vary_seed else 0)
             for contender, fit in contenders.items():
                 runs[contender].append(
-                    fit(recipe, name, X, y, X_test, y_test, max_epochs, args.lr_schedule))
+                    fit(seeded, name, X, y, X_test, y_test, max_epochs, args.lr_schedule))
         report(recipe, name, runs, max_epochs)
     print(f"# {load_average()} at the end")
 
