@@ -581,3 +581,11 @@ def test_real_mnist_digits_under_the_presets(mnist_path):
     assert 0.5 < ratio.min() and ratio.max() < 2 and abs(ratio.mean() - 1) < 0.05
     varied = make_handwriting_variations(images, random_state=0)
     assert varied.shape == images.shape and 0 <= varied.min() and varied.max() <= 1
+
+
+def test_settings_saved_before_stroke_change_existed_still_load():
+    old = Augmentation(rotation=7).__getstate__()
+    del old["stroke_change"]
+    restored = Augmentation.__new__(Augmentation)
+    restored.__setstate__(old)
+    assert restored.stroke_change == 0.0 and restored.frozen().rotation == 7.0
