@@ -29,14 +29,13 @@ from sklearn.exceptions import ConvergenceWarning
 
 from _common import load_average, load_mnist, machine
 from skdigits import NumpyCNNClassifier, NumpyMLPClassifier, save_model
-from skdigits.augmentation import Augmentation, make_handwriting_variations
+from skdigits.augmentation import HANDWRITING, Augmentation, make_handwriting_variations
 
-#: Distortions as wide as the handwriting-variation set's (rotation 20,
-#: slant 15, size 0.8-1.15, shift 3 px) with Simard's elastic field on top,
-#: and two thirds of the digits written with a bolder or finer pen.
-HANDWRITING_AUGMENTATION = Augmentation(rotation=20, shear=15, scale=(0.8, 1.15),
-                                        translation=3 / 28, elastic_alpha=36,
-                                        elastic_sigma=5, stroke_change=2 / 3)
+#: The handwriting-variation set's own geometry (rotation 20, slant 15, size
+#: 0.8-1.15, shift 3 px) with Simard's elastic field on top, and two thirds
+#: of the digits written with a bolder or finer pen.
+HANDWRITING_AUGMENTATION = Augmentation(**{**HANDWRITING, "elastic_alpha": 36,
+                                           "elastic_sigma": 5}, stroke_change=2 / 3)
 
 #: name -> (estimator class, parameters, what it is).  Every recipe fixes
 #: max_iter and turns the tol stopping rule off: a recipe is a plan.

@@ -256,10 +256,10 @@ def main(argv=None):
           f"seeds: {'0 to turns - 1, both sides' if args.vary_seed else '0'}")
     names = list(RECIPES) if args.recipe == "all" else [args.recipe]
     for name in names:
-        recipe = RECIPES[name]
-        recipe = Recipe(recipe.target, args.batch_size or recipe.batch_size,
-                        recipe.max_epochs, args.hidden or recipe.hidden,
-                        args.learning_rate or recipe.learning_rate)
+        overrides = {"batch_size": args.batch_size, "hidden": args.hidden,
+                     "learning_rate": args.learning_rate}
+        recipe = dataclasses.replace(
+            RECIPES[name], **{key: value for key, value in overrides.items() if value})
         max_epochs = args.max_epochs or recipe.max_epochs
         for fit in contenders.values():  # untimed warm-up
             fit(recipe, name, X[:WARM_UP_ROWS], y[:WARM_UP_ROWS], X_test[:500], y_test[:500],
