@@ -1,13 +1,15 @@
 """CPU time of one training shard of the default CNN, fused conv -> ReLU -> pool vs unfused.
 
 The estimator's network (``NumpyCNNClassifier()``'s layers, float32) computes
-its second block as one :class:`~skdigits.nn.ConvReLUPool2D`; the unfused
-twin has ``Conv2D(algorithm='winograd')`` then ``MaxPool2D(2)`` there, and
-the same parameters.  Both compute the same bits (checked here).  Each turn
+each of its two blocks as one :class:`~skdigits.nn.ConvReLUPool2D` (the
+first by im2col, the second by Winograd); the unfused twin has ``Conv2D``
+with the same algorithm then ``MaxPool2D(2)`` there, and the same
+parameters.  Both compute the same output bits, and gradients equal to
+rounding (the first block's sums run in another order; checked here).  Each turn
 times ``--shards`` forward+backward passes of 32 MNIST digits per network,
 the networks taking turns shard by shard, on one thread (``threadpool_limits(1)``), in
 ``time.process_time``: the machine is shared, so CPU time, not wall time.
-Prints per-turn ms per shard, the medians and their ratio, and also the
+Prints per-turn ms per shard, the medians and their ratio, and also each
 fused layer's forward and backward against conv + pool's.
 
     python benchmarks/bench_fused.py --turns 7 --shards 50
@@ -34,13 +36,13 @@ def networks(dtype="float32"):
     layers = []
     for layer in fused.layers:
         if isinstance(layer, ConvReLUPool2D):
-            layers += [Conv2D(layer.filters, 3, padding=layer.padding, algorithm="winograd"),
-                       MaxPool2D(2)]
+            layers += [Conv2D(layer.filters, 3, padding=layer.padding,
+                              algorithm=layer.algorithm_), MaxPool2D(2)]
         else:
             layers.append(copy.copy(layer))  # configuration only
     unfused = Network(layers, "softmax", dtype).build(shape, np.random.RandomState(0), init="he",
                                                       seed=0)
-    assert any(isinstance(layer, ConvReLUPool2D) for layer in fused.layers)
+    assert [type(layer) for layer in fused.layers[:2]] == [ConvReLUPool2D] * 2
     np.testing.assert_array_equal(unfused.params, fused.params)
     return fused, unfused
 
@@ -97,24 +99,26 @@ def main(argv=None):
         fused.loss_and_gradient(X[:32], Y[:32], step=0)
         grads = fused.grads.copy()
         unfused.loss_and_gradient(X[:32], Y[:32], step=0)
-        assert np.array_equal(grads, unfused.grads), "fused and unfused gradients differ"
+        np.testing.assert_allclose(grads, unfused.grads, rtol=1e-4,
+                                   atol=1e-5 * np.abs(grads).max(),
+                                   err_msg="fused and unfused gradients differ")
 
-        # The second block's layers alone, on its input (the first block's output).
-        block_input = X[:32]
-        for layer in fused.layers[:2]:
-            block_input = layer.forward(block_input, training=True)
-        block_input = block_input.copy()
-        blocks = [fused.layers[2:3], unfused.layers[2:4]]
+        # Each block's layers alone, on its input.
+        first_block = [fused.layers[:1], unfused.layers[:2]]
+        second_input = fused.layers[0].forward(X[:32], training=True).copy()
+        second_block = [fused.layers[1:2], unfused.layers[2:4]]
 
         times = {"fused": [], "unfused": []}
-        layer_times = {"fused": [], "unfused": []}
+        layer_times = {(block, name): [] for block in (1, 2) for name in ("fused", "unfused")}
         for turn in range(args.turns):
             for name, ms in zip(("fused", "unfused"),
                                 shard_cpu_ms([fused, unfused], X, Y, args.shards)):
                 times[name].append(ms)
-            for name, ms in zip(("fused", "unfused"),
-                                block_cpu_ms(blocks, block_input, args.shards)):
-                layer_times[name].append(ms)
+            for block, (layers, block_input) in enumerate(
+                    [(first_block, X[:32]), (second_block, second_input)], start=1):
+                for name, ms in zip(("fused", "unfused"),
+                                    block_cpu_ms(layers, block_input, args.shards)):
+                    layer_times[block, name].append(ms)
             print(f"turn {turn + 1}: fused {times['fused'][-1]:.2f} ms, "
                   f"unfused {times['unfused'][-1]:.2f} ms per shard "
                   f"({times['fused'][-1] / times['unfused'][-1]:.3f})")
@@ -126,11 +130,12 @@ def main(argv=None):
     ratios = [a / b for a, b in zip(times["fused"], times["unfused"])]
     print("ratios per turn:", ", ".join(f"{r:.3f}" for r in ratios),
           f"(median {statistics.median(ratios):.3f})")
-    for name in ("fused", "unfused"):
-        fwd = statistics.median(t[0] for t in layer_times[name])
-        bwd = statistics.median(t[1] for t in layer_times[name])
-        label = "ConvReLUPool2D" if name == "fused" else "Conv2D(winograd) + MaxPool2D"
-        print(f"second block, {label}: forward {fwd:.2f} ms, backward {bwd:.2f} ms")
+    for (block, name), ms in layer_times.items():
+        fwd = statistics.median(t[0] for t in ms)
+        bwd = statistics.median(t[1] for t in ms)
+        algorithm = fused.layers[block - 1].algorithm_
+        label = ("ConvReLUPool2D" if name == "fused" else "Conv2D + MaxPool2D") + f" ({algorithm})"
+        print(f"block {block}, {label}: forward {fwd:.2f} ms, backward {bwd:.2f} ms")
     print(load_average(), "at the end")
 
 

@@ -103,10 +103,11 @@ class NumpyCNNClassifier(BaseNetClassifier):
     With ``warm_start=True`` only training parameters may change between
     fits, as for :class:`NumpyMLPClassifier`.
 
-    A block whose ReLU convolution takes Winograd (16 input channels or
-    more) and pools 2x2 without ``batch_norm`` is built as one
-    :class:`skdigits.nn.ConvReLUPool2D` layer, which computes the bits of the
-    separate convolution and pooling layers in less time and memory.
+    A block whose 3x3 ReLU convolution pools 2x2 without ``batch_norm`` is
+    built as one :class:`skdigits.nn.ConvReLUPool2D` layer, which computes
+    the separate convolution and pooling layers' output in less time and
+    memory: their bits by Winograd (16 input channels or more), their bits
+    forward and their gradients to rounding by im2col (fewer channels).
 
     Examples
     --------
@@ -226,7 +227,7 @@ class NumpyCNNClassifier(BaseNetClassifier):
             pools = h >= self.pool_size and w >= self.pool_size and self.pool_size > 1
             if pools:
                 block.append(MaxPool2D(self.pool_size))
-            # The same bits in one layer where Winograd's tiles are the pool's windows.
+            # One layer computing the outputs window by window (see ConvReLUPool2D).
             layers += fuse_conv_relu_pool(block, (h, w, channels))
             if pools:
                 h, w = h // self.pool_size, w // self.pool_size

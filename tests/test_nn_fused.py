@@ -1,5 +1,7 @@
-"""ConvReLUPool2D: Winograd conv -> ReLU -> 2x2 max-pool in one layer, against
-the unfused Conv2D + MaxPool2D it replaces (bit for bit) and against loops."""
+"""ConvReLUPool2D: conv -> ReLU -> 2x2 max-pool in one layer, against the
+unfused Conv2D + MaxPool2D it replaces and against loops.  By Winograd's tiles
+it computes the unfused bits exactly; by im2col rows grouped per window
+(the direct path) the same output bits and the gradients to rounding."""
 
 import copy
 import warnings
@@ -23,12 +25,14 @@ from test_persistence_hostile import (FRESH_ID, _attributes, _refused, _repack, 
 
 
 # ------------------------------------------------------------------ helpers
-def _pair(c_in, filters, input_shape, padding, dtype, seed=0):
+def _pair(c_in, filters, input_shape, padding, dtype, seed=0, algorithm="winograd"):
     """(fused, conv, pool): a ConvReLUPool2D and the Conv2D + MaxPool2D it
     replaces, standalone, with the same parameters."""
-    fused = _standalone(ConvReLUPool2D(filters, padding), input_shape + (c_in,), dtype, seed)
-    unfused = _standalone(Conv2D(filters, 3, padding=padding, algorithm="winograd"),
+    fused = _standalone(ConvReLUPool2D(filters, padding, algorithm), input_shape + (c_in,),
+                        dtype, seed)
+    unfused = _standalone(Conv2D(filters, 3, padding=padding, algorithm=algorithm),
                           input_shape + (c_in,), dtype, seed)
+    assert fused.algorithm_ == unfused.algorithm_ == algorithm
     pool = MaxPool2D(2)
     pool.build((unfused.h_out, unfused.w_out, filters), dtype)
     for name in ("W", "b"):
@@ -122,13 +126,107 @@ def test_batch_sizes_reuse_and_reallocate_buffers():
         _same_bits(a, b)
 
 
+# --------------------------------------------- the direct path, by window
+DIRECT_CASES = [
+    # (n, h, w, c_in, filters, padding)
+    (32, 28, 28, 1, 32, "same"),     # MNIST's first layer, a training shard
+    (1, 28, 28, 1, 32, "same"),
+    (5, 7, 9, 1, 8, "same"),         # odd sides: the last row and column are dropped
+    (3, 8, 6, 3, 4, "valid"),        # 6x4 output
+    (2, 9, 7, 8, 16, "valid"),       # 7x5 output
+    (4, 4, 4, 2, 5, "valid"),        # 2x2 output: one window
+]
+
+
+def _close(actual, expected, dtype, exact):
+    """Equal (``exact``: integer data, every sum exact in any order), else
+    equal to the rounding of sums taken in another order."""
+    if exact:
+        np.testing.assert_array_equal(actual, expected)
+        return
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def _compare_direct(fused, unfused, pool, X, dY, exact):
+    """The output's bits fused and unfused; the gradients equal to rounding."""
+    dtype = fused.dtype.name
+    _same_bits(fused.forward(X), pool.forward(unfused.forward(X)))
+    out = fused.forward(X, training=True)
+    _same_bits(out, pool.forward(unfused.forward(X, training=True), training=True))
+    dX = fused.backward(dY.copy())
+    _close(dX, unfused.backward(pool.backward(dY.copy())), dtype, exact)
+    for name in ("W", "b"):
+        _close(fused.grads[name], unfused.grads[name], dtype, exact)
+    return out, dX
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["normal", "zeros", "integers"])
+@pytest.mark.parametrize("n, h, w, c, f, padding", DIRECT_CASES)
+def test_direct_path_output_is_the_unfused_output(n, h, w, c, f, padding, kind, dtype):
+    rng = np.random.default_rng([n, h, w, c, f, 1])
+    fused, unfused, pool = _pair(c, f, (h, w), padding, dtype, algorithm="direct")
+    if kind != "normal":
+        b = rng.integers(-1, 2, f).astype(dtype)
+        W = rng.integers(-1, 2, fused.params["W"].shape).astype(dtype)
+        for layer in (fused, unfused):
+            layer.params["b"][...] = b
+            if kind == "integers":
+                layer.params["W"][...] = W
+    X = _images(kind, n, (h, w, c), dtype, rng)
+    shape = (n, fused.h_out // 2, fused.w_out // 2, f)
+    dY = rng.standard_normal(shape).astype(dtype)
+    if kind == "integers":
+        dY = np.round(dY).astype(dtype)
+    out, _ = _compare_direct(fused, unfused, pool, X, dY, exact=kind == "integers")
+    assert out.shape == shape
+
+
+def test_direct_path_buffers_across_batch_sizes():
+    rng = np.random.default_rng(13)
+    fused, unfused, pool = _pair(1, 32, (28, 28), "same", "float32", algorithm="direct")
+    X = rng.uniform(size=(37, 28, 28, 1)).astype(np.float32)
+    dY = rng.standard_normal((37, 14, 14, 32)).astype(np.float32)
+    first = _compare_direct(fused, unfused, pool, X, dY, exact=False)
+    for n in (1, 9, 37):
+        _compare_direct(fused, unfused, pool, X[:n], dY[:n], exact=False)
+    again = _compare_direct(fused, unfused, pool, X, dY, exact=False)
+    for a, b in zip(first, again):
+        _same_bits(a, b)
+    assert fused.grads["W"].shape == (3, 3, 1, 32)
+
+
+def test_direct_path_rows_are_independent():
+    """A sample's output and its share of the gradient do not depend on the
+    other samples of its batch (shards of a batch may be summed)."""
+    rng = np.random.default_rng(14)
+    fused = _standalone(ConvReLUPool2D(8, "same", "direct"), (10, 10, 1))
+    X = rng.standard_normal((6, 10, 10, 1))
+    dY = rng.standard_normal((6, 5, 5, 8))
+    whole = fused.forward(X, training=True).copy()
+    fused.backward(dY.copy(), need_input_grad=False)
+    dW = fused.grads["W"].copy()
+    halves = []
+    for rows in (slice(0, 2), slice(2, 6)):
+        _same_bits(fused.forward(X[rows], training=True), whole[rows])
+        fused.backward(dY[rows].copy(), need_input_grad=False)
+        halves.append(fused.grads["W"].copy())
+    np.testing.assert_allclose(halves[0] + halves[1], dW, rtol=1e-12, atol=1e-12)
+
+
 # ---------------------------------------------------------- references
+ALGORITHMS = ["direct", "winograd"]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("padding, shape", [("same", (6, 7)), ("valid", (8, 6))])
-def test_matches_loops(padding, shape):
+def test_matches_loops(padding, shape, algorithm):
     """Against explicit loops (a direct convolution, ReLU, pooling by windows),
-    to rounding: Winograd forms its sums in another order."""
+    to rounding: both paths form their sums in another order."""
     rng = np.random.default_rng(4)
-    fused = _standalone(ConvReLUPool2D(5, padding), shape + (3,))
+    fused = _standalone(ConvReLUPool2D(5, padding, algorithm), shape + (3,))
     X = rng.standard_normal((4,) + shape + (3,))
     Z = conv2d_naive(X, fused.params["W"], fused.params["b"], 1, padding)
     expected = maxpool_naive(np.maximum(Z, 0))
@@ -136,12 +234,13 @@ def test_matches_loops(padding, shape):
     np.testing.assert_allclose(fused.forward(X, training=True), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_ties_route_the_gradient_to_the_first_maximum():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_ties_route_the_gradient_to_the_first_maximum(algorithm):
     """W = 0 makes every output its channel's bias: four-way ties in every
     window.  A positive bias sends each window's gradient to its top-left
     output only; a negative one (ReLU closed) and a zero one (ReLU's kink,
     derivative 0) send none."""
-    fused = _standalone(ConvReLUPool2D(3, "valid"), (6, 6, 2))
+    fused = _standalone(ConvReLUPool2D(3, "valid", algorithm), (6, 6, 2))
     fused.params["W"][...] = 0
     fused.params["b"][...] = [0.5, -0.5, 0.0]
     X = np.random.default_rng(5).standard_normal((2, 6, 6, 2))
@@ -169,17 +268,19 @@ def _kinks(layer, X):
     return np.minimum(np.abs(top[..., 3]), top[..., 3] - top[..., 2])
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("padding, shape", [("same", (5, 6)), ("valid", (6, 7))])
-def test_gradients_by_finite_differences(padding, shape):
+def test_gradients_by_finite_differences(padding, shape, algorithm):
     rng = np.random.default_rng(7)
-    fused = _standalone(ConvReLUPool2D(3, padding), shape + (2,))
+    fused = _standalone(ConvReLUPool2D(3, padding, algorithm), shape + (2,))
     X = rng.standard_normal((3,) + shape + (2,))
     _check_layer_gradients(fused, X, rng, kink=_kinks(fused, X))
 
 
-def test_network_gradient_by_finite_differences():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_network_gradient_by_finite_differences(algorithm):
     rng = np.random.default_rng(8)
-    layers = [ConvReLUPool2D(3, "same"), Flatten(), Dense(4)]
+    layers = [ConvReLUPool2D(3, "same", algorithm), Flatten(), Dense(4)]
     net = Network(layers, "softmax", "float64").build((4, 6, 2), np.random.RandomState(0),
                                                       init="he")
     X = rng.standard_normal((5, 4, 6, 2))
@@ -192,28 +293,32 @@ def test_network_gradient_by_finite_differences():
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
 
 
-def test_inference_keeps_no_state():
+@pytest.mark.parametrize("c_in, routes", [(16, (4, 3, 3, 3, 4)), (1, (4, 3, 3, 3, 4))])
+def test_inference_keeps_no_state(c_in, routes):
     """Prediction allocates per call and keeps nothing: threads may share the layer."""
-    fused = _standalone(ConvReLUPool2D(4), (6, 6, 16), "float32")
-    X = np.random.default_rng(9).standard_normal((3, 6, 6, 16)).astype(np.float32)
+    fused = _standalone(ConvReLUPool2D(4), (6, 6, c_in), "float32")
+    assert fused.algorithm_ == ("winograd" if c_in == 16 else "direct")
+    X = np.random.default_rng(9).standard_normal((3, 6, 6, c_in)).astype(np.float32)
     out = fused.forward(X)
     assert not fused._buffers and not hasattr(fused, "_routes")
     _same_bits(fused.forward(X, training=True), out)
-    assert fused._buffers["routes"].shape == (4, 3, 3, 3, 4)
+    assert fused._buffers["routes"].shape == routes
 
 
 # ----------------------------------------------------- when it applies
-def test_fuses_exactly_where_the_bits_agree():
+def test_fuses_exactly_the_relu_3x3_conv_then_2x2_pool():
     relu = Conv2D(8, 3, padding="same")
     pool = MaxPool2D(2)
     assert ConvReLUPool2D.fuses(relu, pool, (14, 14, 16))
+    assert ConvReLUPool2D.fuses(relu, pool, (14, 14, 8))       # by im2col there, as Conv2D
+    assert ConvReLUPool2D.fuses(relu, pool, (28, 28, 1))
+    assert ConvReLUPool2D.fuses(Conv2D(8, 3, padding="same", algorithm="direct"), pool,
+                                (14, 14, 16))
     assert ConvReLUPool2D.fuses(Conv2D(8, 3, algorithm="winograd"), pool, (4, 4, 1))
-    assert not ConvReLUPool2D.fuses(relu, pool, (14, 14, 8))   # 'auto' takes im2col there
     assert not ConvReLUPool2D.fuses(relu, pool, (1, 14, 16))   # no 2x2 window fits
     assert not ConvReLUPool2D.fuses(Conv2D(8, 3, algorithm="winograd"), pool, (3, 3, 1))
     for other in [Conv2D(8, 3, padding="same", activation="tanh"), Conv2D(8, 5, padding="same"),
-                  Conv2D(8, 3, stride=2), Conv2D(8, 3, padding="same", algorithm="direct"),
-                  ConvReLUPool2D(8), BatchNorm()]:
+                  Conv2D(8, 3, stride=2), ConvReLUPool2D(8), BatchNorm()]:
         assert not ConvReLUPool2D.fuses(other, pool, (14, 14, 16))
     for other in [MaxPool2D(3), MaxPool2D(2, 1), MaxPool2D((2, 1)), Activation("relu")]:
         assert not ConvReLUPool2D.fuses(relu, other, (14, 14, 16))
@@ -228,7 +333,16 @@ def test_fuse_conv_relu_pool_replaces_the_pair_only():
                   Activation("relu"), MaxPool2D(2)]
     assert fuse_conv_relu_pool(normalized, (6, 6, 16)) == normalized
     assert fuse_conv_relu_pool(block[:1], (6, 6, 16)) == block[:1]
-    assert fuse_conv_relu_pool(block, (6, 6, 4)) == block
+    assert fuse_conv_relu_pool(block, (1, 6, 4)) == block
+    for algorithm, expected in [("auto", "direct"), ("direct", "direct"),
+                                ("winograd", "winograd")]:
+        conv_layer = Conv2D(8, 3, padding="same", algorithm=algorithm)
+        [fused] = fuse_conv_relu_pool([conv_layer, MaxPool2D(2)], (6, 6, 4))
+        assert fused.algorithm == algorithm
+        probe = copy.copy(conv_layer)
+        for layer in (fused, probe):
+            layer.build((6, 6, 4), "float32")
+        assert fused.algorithm_ == probe.algorithm_ == expected
 
 
 def test_invalid_configurations_are_clear_errors():
@@ -238,7 +352,7 @@ def test_invalid_configurations_are_clear_errors():
         ConvReLUPool2D(4, "full")
     # As a file could restore it, without __init__: what it computes is checked.
     for name, value in [("stride", (2, 2)), ("kernel_size", (5, 5)), ("activation", "tanh"),
-                        ("algorithm", "direct"), ("padding", "full")]:
+                        ("algorithm", "fft"), ("padding", "full")]:
         layer = copy.copy(ConvReLUPool2D(4))
         setattr(layer, name, value)
         with pytest.raises(ValueError, match=repr(value).replace("(", r"\(").replace(")", r"\)")):
@@ -259,8 +373,19 @@ def test_same_initial_weights_as_the_unfused_network():
 
 # ------------------------------------------------------------ estimator
 def _unfused(monkeypatch):
-    """Make the estimator build today's separate layers."""
+    """Make the estimator build separate convolution and pooling layers."""
     monkeypatch.setattr(skdigits.cnn, "fuse_conv_relu_pool", lambda block, shape: list(block))
+
+
+def _winograd_fused_only(monkeypatch):
+    """Make the estimator build the layout from before the direct path was
+    fused: only blocks whose convolution takes Winograd are one layer."""
+    def fuse(block, shape):
+        probe = copy.copy(block[0])  # configuration only
+        probe.build(shape, "float64")
+        winograd = getattr(probe, "algorithm_", None) == "winograd"
+        return fuse_conv_relu_pool(block, shape) if winograd else list(block)
+    monkeypatch.setattr(skdigits.cnn, "fuse_conv_relu_pool", fuse)
 
 
 def _fit(X, y, **params):
@@ -271,22 +396,43 @@ def _fit(X, y, **params):
         return model.fit(X, y)
 
 
+def _kinds(model):
+    return [type(layer).__name__ for layer in model._network.layers]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_estimator_fit_is_the_unfused_fit(digits, monkeypatch, one_blas_thread, dtype):
+def test_estimator_fit_with_winograd_fused_is_the_unfused_fit(digits, monkeypatch,
+                                                              one_blas_thread, dtype):
     X, y = digits
     X, y = X[:400], y[:400]
+    _winograd_fused_only(monkeypatch)
     fused = _fit(X, y, dtype=dtype)
-    kinds = [type(layer).__name__ for layer in fused._network.layers]
-    assert kinds[:3] == ["Conv2D", "MaxPool2D", "ConvReLUPool2D"]
+    assert _kinds(fused)[:3] == ["Conv2D", "MaxPool2D", "ConvReLUPool2D"]
     _unfused(monkeypatch)
     unfused = _fit(X, y, dtype=dtype)
-    assert [type(layer).__name__ for layer in unfused._network.layers][:4] == \
-        ["Conv2D", "MaxPool2D", "Conv2D", "MaxPool2D"]
+    assert _kinds(unfused)[:4] == ["Conv2D", "MaxPool2D", "Conv2D", "MaxPool2D"]
     assert fused.dtype_ == unfused.dtype_ == np.dtype(dtype)
     for a, b in zip(fused.coefs_ + fused.intercepts_, unfused.coefs_ + unfused.intercepts_):
         _same_bits(a, b)
     assert fused.loss_curve_ == unfused.loss_curve_
     _same_bits(fused.predict_proba(X), unfused.predict_proba(X))
+
+
+def test_estimator_fit_fully_fused_is_the_unfused_fit_to_rounding(digits, monkeypatch,
+                                                                  one_blas_thread):
+    """Both blocks fused (the first by im2col rows grouped per window): the
+    same training, its sums taken in another order."""
+    X, y = digits
+    X, y = X[:400], y[:400]
+    fused = _fit(X, y, dtype="float64")
+    assert _kinds(fused)[:2] == ["ConvReLUPool2D", "ConvReLUPool2D"]
+    assert [layer.algorithm_ for layer in fused._network.layers[:2]] == ["direct", "winograd"]
+    _unfused(monkeypatch)
+    unfused = _fit(X, y, dtype="float64")
+    for a, b in zip(fused.coefs_ + fused.intercepts_, unfused.coefs_ + unfused.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fused.loss_curve_, unfused.loss_curve_, rtol=1e-12)
+    np.testing.assert_allclose(fused.predict_proba(X), unfused.predict_proba(X), atol=1e-10)
 
 
 def test_estimator_keeps_separate_layers_with_batch_norm(digits):
@@ -308,26 +454,34 @@ def test_estimator_fit_independent_of_blas_threads(always_shard, monkeypatch):  
                                   random_state=0)
     one, proba_one, _ = fit_under(1, make, X, y, monkeypatch)
     two, proba_two, calls_two = fit_under(2, make, X, y, monkeypatch)
-    assert type(one._network.layers[2]) is ConvReLUPool2D
+    assert [layer.algorithm_ for layer in one._network.layers[:2]] == ["direct", "winograd"]
     assert any(name.startswith("skdigits-shard") for name, _ in calls_two)
     _same_bits(one._network.params, two._network.params)
     _same_bits(proba_one, proba_two)
 
 
 def test_model_files_round_trip(digits, tmp_path, monkeypatch):
-    """A fused model saves and loads as itself; a model of the unfused layout
-    (as saved before) still loads with its own layers."""
+    """A fused model saves and loads as itself; models of the layouts saved
+    before (all unfused; only Winograd blocks fused) still load with their
+    own layers and predict as they did."""
     X, y = digits
     X, y = X[:200], y[:200]
     fused = _fit(X, y)
     loaded = load_model(save_model(fused, tmp_path / "fused.skops"))
-    assert type(loaded._network.layers[2]) is ConvReLUPool2D
+    assert _kinds(loaded)[:2] == ["ConvReLUPool2D", "ConvReLUPool2D"]
+    assert [layer.algorithm_ for layer in loaded._network.layers[:2]] == ["direct", "winograd"]
     _same_bits(loaded.predict_proba(X), fused.predict_proba(X))
+    _winograd_fused_only(monkeypatch)
+    before = _fit(X, y)
+    loaded = load_model(save_model(before, tmp_path / "winograd-fused.skops"))
+    assert _kinds(loaded)[:3] == ["Conv2D", "MaxPool2D", "ConvReLUPool2D"]
+    _same_bits(loaded.predict_proba(X), before.predict_proba(X))
     _unfused(monkeypatch)
     unfused = _fit(X, y)
     loaded = load_model(save_model(unfused, tmp_path / "unfused.skops"))
     assert [type(layer) for layer in loaded._network.layers[2:4]] == [Conv2D, MaxPool2D]
-    _same_bits(loaded.predict_proba(X), fused.predict_proba(X))
+    _same_bits(loaded.predict_proba(X), unfused.predict_proba(X))
+    _same_bits(loaded.predict_proba(X), before.predict_proba(X))
 
 
 def test_hostile_file_with_a_strided_fused_layer_is_refused(digits, tmp_path):
@@ -339,3 +493,14 @@ def test_hostile_file_with_a_strided_fused_layer_is_refused(digits, tmp_path):
     schema = _schema(data)
     _attributes(schema, "ConvReLUPool2D")["stride"] = _tuple_node((2, 2), FRESH_ID)
     _refused(_write(tmp_path, _repack(data, schema)), "cannot rebuild", "stride=(1, 1)")
+
+
+def test_hostile_file_with_an_unknown_fused_algorithm_is_refused(digits, tmp_path):
+    X, y = digits
+    data = sio.dumps(_fit(X[:100], y[:100]))
+    schema = _schema(data)
+    # A fresh id: the layers share one "auto" string, which skops restores once.
+    _attributes(schema, "ConvReLUPool2D")["algorithm"] = {
+        **_attributes(schema, "ConvReLUPool2D")["algorithm"], "content": '"fft"',
+        "__id__": FRESH_ID}
+    _refused(_write(tmp_path, _repack(data, schema)), "cannot rebuild", "'fft'")

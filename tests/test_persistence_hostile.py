@@ -256,8 +256,10 @@ def test_pooling_that_discards_a_huge_input_is_refused(tmp_path, digits):
     X, y = digits
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cnn = NumpyCNNClassifier(conv_filters=(2,), hidden_layer_sizes=(8,), conv_dropout=0.2,
-                                 max_iter=2, random_state=0).fit(X[:200], y[:200])
+        # A 5x5 kernel keeps the pool a layer of its own (3x3 ones are fused).
+        cnn = NumpyCNNClassifier(conv_filters=(2,), kernel_size=5, hidden_layer_sizes=(8,),
+                                 conv_dropout=0.2, max_iter=2,
+                                 random_state=0).fit(X[:200], y[:200])
     data = sio.dumps(cnn)
     schema = _schema(data)
     k = 200  # 8x8 -> 1600x1600 pixels, pooled 400x400: still 4x4 windows

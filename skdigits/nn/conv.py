@@ -16,10 +16,11 @@ algorithm (:mod:`~skdigits.nn.winograd`): 16 products with inner dimension
 ``c_in`` in place of one with ``9 * c_in``, 2.25x fewer multiplications, and
 a backward pass without col2im.  ``Conv2D(algorithm=...)`` chooses; the
 direct im2col path stays the reference it is tested against.
-:class:`ConvReLUPool2D` is such a Winograd convolution with its ReLU and a
-2x2 max-pool in one layer (Winograd's 2x2 output tiles are the pooling
-windows), computing the bits of ``Conv2D`` then ``MaxPool2D``, which stay
-the reference path.
+:class:`ConvReLUPool2D` is a 3x3 convolution with its ReLU and a 2x2
+max-pool in one layer, computing the outputs pooling window by pooling
+window (Winograd's 2x2 output tiles are the windows; the direct path orders
+its im2col rows by window); ``Conv2D`` then ``MaxPool2D`` stay the reference
+path.
 
 As in :mod:`~skdigits.nn.layers`, training mode reuses buffers between
 batches of one size, and inference mode allocates its arrays per call and
@@ -629,21 +630,34 @@ class MaxPool2D(Layer):
 
 
 class ConvReLUPool2D(Conv2D):
-    """``Conv2D(filters, 3, padding=padding, algorithm='winograd')`` (ReLU),
-    then ``MaxPool2D(2)``, in one layer that computes the same bits.
+    """``Conv2D(filters, 3, padding=padding, algorithm=algorithm)`` (ReLU),
+    then ``MaxPool2D(2)``, in one layer.
 
-    Winograd's 2x2 output tiles (:mod:`~skdigits.nn.winograd`) are exactly
-    the 2x2 pooling windows, so the pool takes the maximum of the tiles' four
-    positions, four contiguous arrays, and the full-size activation is never
-    merged into an image, pooled, nor split back into tiles for the backward
-    pass.  ReLU is non-decreasing, so it commutes with the maximum
-    (``max(relu(y)) == relu(max(y))``) and runs on the pooled quarter-size
-    array.  The gradient goes, as in :class:`MaxPool2D`, to the first
-    position in row-major order that holds the window's maximum, where that
-    maximum is positive: the routes of the pre-activations pick the same
+    The convolution's outputs are computed grouped by pooling window, so the
+    pool takes the maximum of four contiguous arrays, and the full-size
+    activation is never laid out as an image, pooled, nor routed back into
+    one for the backward pass.  ReLU is non-decreasing, so it commutes with
+    the maximum (``max(relu(y)) == relu(max(y))``) and runs on the pooled
+    quarter-size array.  The gradient goes, as in :class:`MaxPool2D`, to the
+    first position in row-major order that holds the window's maximum, where
+    that maximum is positive: the routes of the pre-activations pick the same
     position as those of the activations wherever the ReLU passes a
-    gradient.  Forward output, input gradient and parameter gradients are
-    bit-identical to ``Conv2D`` then ``MaxPool2D`` (the tests compare them).
+    gradient.
+
+    Two ways to compute the convolution, chosen as :class:`Conv2D` chooses
+    (``algorithm_``):
+
+    - 'winograd' (16 input channels or more with 'auto'): Winograd's 2x2
+      output tiles (:mod:`~skdigits.nn.winograd`) are exactly the pooling
+      windows.  Output, input gradient and parameter gradients are
+      bit-identical to ``Conv2D`` then ``MaxPool2D``.
+    - 'direct' (fewer channels, e.g. an image's first layer): one im2col
+      product whose rows are ordered by position in the window, then image,
+      then window.  The output is bit-identical to the unfused layers; the
+      gradients are the same sums taken over the rows in that order, equal
+      to rounding.
+
+    The tests compare both with the unfused layers and with loops.
 
     Parameters
     ----------
@@ -652,6 +666,8 @@ class ConvReLUPool2D(Conv2D):
     padding : {'same', 'valid'}, default='same'
         As for :class:`Conv2D`.  An odd convolution output side drops its
         last row or column, as :class:`MaxPool2D` does.
+    algorithm : {'auto', 'direct', 'winograd'}, default='auto'
+        As for :class:`Conv2D`.
 
     Notes
     -----
@@ -660,100 +676,78 @@ class ConvReLUPool2D(Conv2D):
     convolution's output sides (at least 2).  Parameters, their layout and
     their initialisation are those of the :class:`Conv2D` it replaces, so a
     network using it draws the same initial weights.  Training keeps the
-    pooled output and one boolean route per tile position (a sixteenth of
+    pooled output and one boolean route per window position (a sixteenth of
     the full-size activation's bytes in float32, instead of the activation
-    and the pool's routes).
+    and the pool's routes), and on the direct path the im2col matrix.
 
     Examples
     --------
     >>> import numpy as np
     >>> from skdigits.nn import Conv2D, ConvReLUPool2D, MaxPool2D
-    >>> ConvReLUPool2D(64).build((14, 14, 32), "float32")
-    (7, 7, 64)
-    >>> conv, pool = Conv2D(64, padding="same"), MaxPool2D(2)
-    >>> ConvReLUPool2D.fuses(conv, pool, (14, 14, 32))
+    >>> layer = ConvReLUPool2D(64)
+    >>> layer.build((14, 14, 32), "float32"), layer.algorithm_
+    ((7, 7, 64), 'winograd')
+    >>> first = ConvReLUPool2D(32)
+    >>> first.build((28, 28, 1), "float32"), first.algorithm_
+    ((14, 14, 32), 'direct')
+    >>> ConvReLUPool2D.fuses(Conv2D(64, padding="same"), MaxPool2D(2), (14, 14, 32))
     True
-    >>> ConvReLUPool2D.fuses(conv, pool, (14, 14, 1))  # 'auto' takes im2col here
+    >>> ConvReLUPool2D.fuses(Conv2D(64, 5, padding="same"), MaxPool2D(2), (14, 14, 32))
     False
     """
 
-    #: Fixed: what the layer computes does not depend on a saved value.
+    #: Layers saved before the keyword existed were Winograd's only.
     algorithm = "winograd"
 
-    def __init__(self, filters, padding="same"):
-        super().__init__(filters, 3, 1, padding, "relu", "winograd")
+    def __init__(self, filters, padding="same", algorithm="auto"):
+        super().__init__(filters, 3, 1, padding, "relu", algorithm)
 
     @classmethod
     def from_conv(cls, conv):
-        """The fused layer with ``conv``'s filters and padding."""
-        return cls(conv.filters, conv.padding)
+        """The fused layer with ``conv``'s filters, padding and algorithm."""
+        return cls(conv.filters, conv.padding, conv.algorithm)
 
     @staticmethod
     def fuses(conv, pool, input_shape):
-        """Whether ``ConvReLUPool2D.from_conv(conv)`` computes the bits of
-        ``conv`` then ``pool`` on per-sample ``input_shape``: a ReLU
-        :class:`Conv2D` that takes Winograd there, and a 2x2 pool of stride 2
-        that fits its output."""
+        """Whether ``ConvReLUPool2D.from_conv(conv)`` can replace ``conv``
+        then ``pool`` on per-sample ``input_shape``: a ReLU 3x3
+        :class:`Conv2D` of stride 1, and a 2x2 pool of stride 2 that fits
+        its output."""
         if type(conv) is not Conv2D or type(pool) is not MaxPool2D:
             return False
-        if conv.activation != "relu" or (pool.pool_size, pool.stride) != ((2, 2), (2, 2)):
+        if conv.activation != "relu" or (conv.kernel_size, conv.stride) != ((3, 3), (1, 1)):
+            return False
+        if (pool.pool_size, pool.stride) != ((2, 2), (2, 2)):
             return False
         probe = copy.copy(conv)  # configuration only; build sets derived state
         try:
             h_out, w_out, _ = probe.build(input_shape, "float64")
         except ValueError:
             return False
-        return probe.algorithm_ == "winograd" and h_out >= 2 and w_out >= 2
+        return h_out >= 2 and w_out >= 2
 
     def build(self, input_shape, dtype):
         # A layer loaded from a file never ran __init__: check what it computes.
-        expected = {"kernel_size": (3, 3), "stride": (1, 1), "activation": "relu",
-                    "algorithm": "winograd"}
+        expected = {"kernel_size": (3, 3), "stride": (1, 1), "activation": "relu"}
         for name, value in expected.items():
             if getattr(self, name, None) != value:
                 raise ValueError(f"ConvReLUPool2D needs {name}={value!r}, "
                                  f"got {getattr(self, name, None)!r}.")
         if self.padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', got {self.padding!r}.")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}.")
         h_out, w_out, filters = super().build(input_shape, dtype)
         if h_out < 2 or w_out < 2:
             raise ValueError(f"Pool (2, 2) does not fit the {h_out}x{w_out} output of the "
                              f"convolution of a {input_shape[0]}x{input_shape[1]} input.")
         return (h_out // 2, w_out // 2, filters)
 
-    def _bool_buffer(self, key, shape):
-        buf = self._buffers.get(key)
-        if buf is None or buf.shape != shape:
-            buf = self._buffers[key] = np.empty(shape, dtype=bool)
-        return buf
-
     def forward(self, X, training=False, batch=None):
         """X (n, h, w, c_in) -> (n, h_out // 2, w_out // 2, filters)."""
-        n, f = X.shape[0], self.filters
-        ph, pw = self.h_out // 2, self.w_out // 2
-        new = self._array(training)
-        U = self._kernel_matrices(new)
-        pooled = new("pooled", (n, ph, pw, f))
-        # Routes (4, pw, n, ph, f): the tiles' layout, images on axis 2.
-        routes = self._bool_buffer("routes", (4, pw, n, ph, f)) if training else None
-        for rows in self._chunks(n):
-            nc = rows.stop - rows.start
-            Y = self._output_tiles(X[rows], U, new)
-            # The windows' four positions, in MaxPool2D's row-major order;
-            # the tiles of a dropped odd row or column are left out.
-            corners = [Y[a, b, :pw, :, :ph] for a in (0, 1) for b in (0, 1)]
-            peak = new(("peak", nc), (pw, nc, ph, f))
-            np.maximum(corners[0], corners[1], out=peak)
-            np.maximum(peak, corners[2], out=peak)
-            np.maximum(peak, corners[3], out=peak)
-            if training:
-                _first_maximum_masks(corners, peak, routes[:, :, rows],
-                                     self._bool_buffer(("taken", nc), peak.shape))
-            ACTIVATIONS["relu"](peak)
-            np.copyto(pooled[rows], peak.transpose(1, 2, 0, 3))
-        if training:
-            self._X, self._U, self._pooled, self._routes = X, U, pooled, routes
-        return pooled
+        if self.algorithm_ == "winograd":
+            return self._forward_winograd_pool(X, training)
+        return self._forward_direct_pool(X, training)
 
     def backward(self, dY, need_input_grad=True):
         """dY: d loss / d output (n, h_out // 2, w_out // 2, filters), overwritten.
@@ -761,6 +755,45 @@ class ConvReLUPool2D(Conv2D):
         Writes d loss / d W and d loss / d b into ``self.grads`` and returns
         d loss / d X (n, h, w, c_in), or None when ``need_input_grad`` is false.
         """
+        if self.algorithm_ == "winograd":
+            return self._backward_winograd_pool(dY, need_input_grad)
+        return self._backward_direct_pool(dY, need_input_grad)
+
+    def _pool_and_route(self, corners, peak, routes, training):
+        """The window maxima of the four ``corners`` into ``peak``, their
+        routes into ``routes`` (training), then the ReLU on ``peak``."""
+        np.maximum(corners[0], corners[1], out=peak)
+        np.maximum(peak, corners[2], out=peak)
+        np.maximum(peak, corners[3], out=peak)
+        if training:
+            taken = self._buffer(("taken", peak.shape), peak.shape, bool)
+            _first_maximum_masks(corners, peak, routes, taken)
+        ACTIVATIONS["relu"](peak)
+        return peak
+
+    # ------------------------------------------------------- Winograd tiles
+    def _forward_winograd_pool(self, X, training):
+        n, f = X.shape[0], self.filters
+        ph, pw = self.h_out // 2, self.w_out // 2
+        new = self._array(training)
+        U = self._kernel_matrices(new)
+        pooled = new("pooled", (n, ph, pw, f))
+        # Routes (4, pw, n, ph, f): the tiles' layout, images on axis 2.
+        routes = self._buffer("routes", (4, pw, n, ph, f), bool) if training else None
+        for rows in self._chunks(n):
+            nc = rows.stop - rows.start
+            Y = self._output_tiles(X[rows], U, new)
+            # The windows' four positions, in MaxPool2D's row-major order;
+            # the tiles of a dropped odd row or column are left out.
+            corners = [Y[a, b, :pw, :, :ph] for a in (0, 1) for b in (0, 1)]
+            peak = self._pool_and_route(corners, new(("peak", nc), (pw, nc, ph, f)),
+                                        None if routes is None else routes[:, :, rows], training)
+            np.copyto(pooled[rows], peak.transpose(1, 2, 0, 3))
+        if training:
+            self._X, self._U, self._pooled, self._routes = X, U, pooled, routes
+        return pooled
+
+    def _backward_winograd_pool(self, dY, need_input_grad):
         (th, tw), ph, pw = self._tiles, self.h_out // 2, self.w_out // 2
 
         def tile_gradient(rows, out):
@@ -775,6 +808,92 @@ class ConvReLUPool2D(Conv2D):
                 out[:, :, :, :, ph:] = 0
             return out
         return self._backward_from_tiles(dY.shape[0], tile_gradient, need_input_grad)
+
+    # ------------------------------------------------ direct, by window
+    def _window_offsets(self):
+        """For each window position (a, b) and kernel offset (i, j): the
+        pooled outputs whose input pixel is inside the image, and those
+        pixels, as ``(a, b, i, j, (out_y, out_x), (in_y, in_x))``.
+
+        Pooled output (y, x) at window position (a, b) is the convolution's
+        output (2 y + a, 2 x + b), which reads input pixel
+        (2 y + a + i - top, 2 x + b + j - left) at kernel offset (i, j).
+        """
+        (top, _), (left, _) = self._pad_h, self._pad_w
+        h, w = self.input_shape[:2]
+        ph, pw = self.h_out // 2, self.w_out // 2
+        for a in (0, 1):
+            for b in (0, 1):
+                for i in range(3):
+                    out_y, in_y = _overlap(ph, h, 2, a + i - top)
+                    for j in range(3):
+                        out_x, in_x = _overlap(pw, w, 2, b + j - left)
+                        yield a, b, i, j, (out_y, out_x), (in_y, in_x)
+
+    def _window_cols(self, X, new):
+        """The im2col matrix (4 n ph pw, 9 c_in + 1), rows ordered (window
+        position, image, window row, window column), columns as
+        :meth:`Conv2D._im2col`'s, the last one 1s for the bias."""
+        n, c = X.shape[0], self.c_in
+        ph, pw = self.h_out // 2, self.w_out // 2
+        shape = (4 * n * ph * pw, self.fan_in + 1)
+        # One input channel: offset-major storage, as Conv2D._im2col keeps it.
+        cols = new("cols_T", shape[::-1]).T if c == 1 else new("cols", shape)
+        cols[:, -1] = 1
+        cols8 = cols[:, :-1].reshape(2, 2, n, ph, pw, 3, 3, c)
+        for a, b, i, j, (out_y, out_x), (in_y, in_x) in self._window_offsets():
+            dest = cols8[a, b, :, :, :, i, j, :]
+            _zero_outside(dest, out_y, out_x)  # outputs that read the padding
+            dest[:, out_y, out_x, :] = X[:, in_y, in_x, :]
+        return cols
+
+    def _forward_direct_pool(self, X, training):
+        n, f = X.shape[0], self.filters
+        ph, pw = self.h_out // 2, self.w_out // 2
+        new = self._array(training)
+        cols = self._window_cols(X, new)
+        W_b = new("W_b", (self.fan_in + 1, f))
+        W_b[:-1], W_b[-1] = _matrix(self.params["W"], (self.fan_in, f)), self.params["b"]
+        Z = np.matmul(cols, W_b, out=new("Z", (cols.shape[0], f))).reshape(4, n, ph, pw, f)
+        routes = self._buffer("routes", Z.shape, bool) if training else None
+        pooled = self._pool_and_route(list(Z), new("pooled", (n, ph, pw, f)), routes, training)
+        if training:
+            self._X, self._cols, self._pooled, self._routes = X, cols, pooled, routes
+        return pooled
+
+    def _backward_direct_pool(self, dY, need_input_grad):
+        f = self.filters
+        dZ = DERIVATIVES["relu"](self._pooled, dY)
+        # Each window's gradient to its route; Z's buffer is free for it.
+        dZ4 = self._buffer("Z", (self._cols.shape[0], f)).reshape((4,) + dZ.shape)
+        for k in range(4):
+            np.multiply(dZ, self._routes[k], out=dZ4[k])
+        dZ_rows = dZ4.reshape(-1, f)
+        # [dW; db] in one product: the column of ones sums dZ's rows.
+        dW_b = np.matmul(self._cols.T, dZ_rows, out=self._buffer("dW_b", (self.fan_in + 1, f)))
+        _matrix(self.grads["W"], (self.fan_in, f))[...] = dW_b[:-1]
+        self.grads["b"][...] = dW_b[-1]
+        if not need_input_grad:
+            return None
+        c = self.c_in
+        n, ph, pw = dZ.shape[:3]
+        # Column gradients offset-major, (9, rows, c_in), as Conv2D's col2im.
+        W_t = self.params["W"].reshape(9, c, f).transpose(0, 2, 1)
+        dcols = np.matmul(dZ_rows, W_t, out=self._buffer("dcols", (9, dZ_rows.shape[0], c)))
+        dcols = dcols.reshape(3, 3, 2, 2, n, ph, pw, c)
+        dX = self._buffer("dX", (n,) + self.input_shape)
+        dX[...] = 0  # pixels no kept output reads get 0
+        for a, b, i, j, (out_y, out_x), (in_y, in_x) in self._window_offsets():
+            dX[:, in_y, in_x, :] += dcols[i, j, a, b][:, out_y, out_x, :]
+        return dX
+
+
+def _zero_outside(dest, out_y, out_x):
+    """Zero ``dest`` (n, rows, cols, c) outside ``[:, out_y, out_x]``."""
+    dest[:, :out_y.start] = 0
+    dest[:, out_y.stop:] = 0
+    dest[:, out_y, :out_x.start] = 0
+    dest[:, out_y, out_x.stop:] = 0
 
 
 def fuse_conv_relu_pool(block, input_shape):

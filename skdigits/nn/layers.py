@@ -110,11 +110,12 @@ class Layer(ABC):
             ones = self._buffers["ones"] = np.ones(n, dtype=self.dtype)
         return ones
 
-    def _buffer(self, key, shape):
+    def _buffer(self, key, shape, dtype=None):
         # Reused between batches of one size; only used in training mode.
+        # ``dtype`` defaults to the layer's compute dtype.
         buf = self._buffers.get(key)
         if buf is None or buf.shape != shape:
-            buf = self._buffers[key] = np.empty(shape, dtype=self.dtype)
+            buf = self._buffers[key] = np.empty(shape, dtype=dtype or self.dtype)
         return buf
 
 
