@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from skdigits.nn import ACTIVATIONS, DERIVATIVES, Dense, Dropout, Network
-from skdigits.nn.layers import Batch, _odd_salts, row_hashes
+from skdigits.nn.layers import (_GOLDEN, Batch, _odd_salts, mix64, row_hashes,
+                                survival_threshold)
 
 ACTIVATION_NAMES = ["identity", "logistic", "tanh", "relu"]
 # target name -> (output function, number of outputs)
@@ -271,6 +272,30 @@ def expected_keep(layer, X, step=0):
     """The mask a stand-alone layer draws for X at training ``step``."""
     keys = row_hashes(X, _odd_salts(X[0].size, layer.seed))
     return layer.keep_mask(keys, step).reshape(X.shape)
+
+
+@pytest.mark.parametrize("rate", [1e-12, 0.2, 0.25, 1 / 3, 0.5, 0.999999])
+def test_survival_threshold_is_the_least_surviving_hash(rate):
+    top = int(survival_threshold(rate)) >> 11  # the top 53 bits of that hash
+    assert top * 2.0**-53 >= rate > (top - 1) * 2.0**-53
+    assert int(survival_threshold(rate)) % 2**11 == 0
+
+
+@pytest.mark.parametrize("rate", [1e-12, 0.2, 0.25, 1 / 3, 0.5, 0.999999])
+def test_dropout_keep_mask_is_the_uniform_formula(rate):
+    """The integer threshold on the hash keeps exactly the units whose
+    uniform number (top 53 bits / 2**53) reaches the rate, and the reused
+    buffers give every batch size and step its own mask."""
+    layer = build_dropout(rate, shape=(1, 300), seed=11)
+    keys = np.random.default_rng(12).integers(0, 2**63, 40, dtype=np.uint64)
+    for n, step in [(40, 0), (7, 3), (40, 2**40), (7, 3)]:
+        with np.errstate(over="ignore"):
+            step_salt = mix64(np.uint64(layer.seed) ^ (np.uint64(step) * _GOLDEN))
+            hashes = mix64((keys[:n, None] ^ step_salt) + layer._unit_salts[None, :])
+        uniform = (hashes >> np.uint64(11)).astype(np.float64) / 2.0**53
+        np.testing.assert_array_equal(layer.keep_mask(keys[:n], step), uniform >= rate)
+    kept = layer.keep_mask(keys, 5).mean()
+    assert abs(kept - (1 - rate)) < 0.02
 
 
 @pytest.mark.parametrize("rate", [0.2, 0.5, 0.8])

@@ -15,6 +15,8 @@ from several threads at once.
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 from .activations import ACTIVATIONS, DERIVATIVES
@@ -186,6 +188,24 @@ def mix64(h):
     return h ^ (h >> np.uint64(31))
 
 
+def survival_threshold(rate):
+    """The least 64-bit hash ``h`` whose uniform number ``(h >> 11) / 2**53``
+    reaches ``rate``: ``ceil(rate * 2**53) << 11`` (exact in float64)."""
+    return np.uint64(math.ceil(rate * 2**53)) << np.uint64(11)
+
+
+def _mix64_in_place(h, work):
+    """:func:`mix64` of a uint64 array, written over it (``work``: scratch of its shape)."""
+    h += _GOLDEN
+    for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        np.right_shift(h, np.uint64(shift), out=work)
+        h ^= work
+        h *= np.uint64(factor)
+    np.right_shift(h, np.uint64(31), out=work)
+    h ^= work
+    return h
+
+
 def row_hashes(X, salts):
     """One uint64 per row of X, a function of the row's bytes only.
 
@@ -229,12 +249,24 @@ class Dropout(Layer):
         return shape
 
     def keep_mask(self, row_keys, step):
-        """Boolean (n, units): True where a unit survives at training ``step``."""
+        """Boolean (n, units): True where a unit survives at training ``step``.
+
+        A unit survives where the top 53 bits of its hash, as a uniform
+        number ``u = (h >> 11) / 2**53`` in [0, 1), reach ``rate``.  That is
+        ``h >= ceil(rate * 2**53) << 11`` (``rate * 2**53`` and the division
+        are exact in float64), one integer comparison on the hash.
+        """
+        n, units = len(row_keys), self._unit_salts.size
         with np.errstate(over="ignore"):
             step_salt = mix64(np.uint64(self.seed % 2**64) ^ (np.uint64(step) * _GOLDEN))
-            h = mix64((row_keys[:, None] ^ step_salt) + self._unit_salts[None, :])
-        # The top 53 bits as a uniform number in [0, 1).
-        return (h >> np.uint64(11)) * (1.0 / 2**53) >= self.rate
+            # The hashes in place, in two reused buffers: at (32, 3136) the
+            # temporaries of mix64 cost more than its arithmetic.
+            h = self._buffer("hash", (n, units), np.uint64)
+            np.bitwise_xor(row_keys[:, None], step_salt, out=h)
+            h += self._unit_salts[None, :]
+            _mix64_in_place(h, self._buffer("hash_work", (n, units), np.uint64))
+        return np.greater_equal(h, survival_threshold(self.rate),
+                                out=self._buffer("keep", (n, units), bool))
 
     def forward(self, X, training=False, batch=None):
         if not training or self.rate == 0.0:
