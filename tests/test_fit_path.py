@@ -358,7 +358,7 @@ def test_interrupted_lbfgs_keeps_the_best_point_evaluated_not_the_last_trial(mon
 def test_cnn_tall_narrow_images_pool_each_side_by_its_own_size(digits):
     """(8, 2) images: the first block pools to (4, 1); the second cannot pool
     a width of 1 and must not (a width computed from the height would)."""
-    from skdigits.nn import Conv2D, Flatten, MaxPool2D
+    from skdigits.nn import Conv2D, ConvReLUPool2D, Flatten
 
     X, y = digits
     X = X[:200, :16]
@@ -366,8 +366,9 @@ def test_cnn_tall_narrow_images_pool_each_side_by_its_own_size(digits):
                                          image_shape=(8, 2), max_iter=1, random_state=0),
                       X, y[:200])
     kinds = [type(layer) for layer in clf._network.layers]
-    assert kinds[:4] == [Conv2D, MaxPool2D, Conv2D, Flatten]
-    assert clf._network.layers[3].input_shape == (4, 1, 2)
+    # The first block's convolution and pool are one layer.
+    assert kinds[:3] == [ConvReLUPool2D, Conv2D, Flatten]
+    assert clf._network.layers[2].input_shape == (4, 1, 2)
     assert clf.predict_proba(X[:3]).shape == (3, len(np.unique(y[:200])))
 
 

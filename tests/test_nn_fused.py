@@ -234,6 +234,35 @@ def test_matches_loops(padding, shape, algorithm):
     np.testing.assert_allclose(fused.forward(X, training=True), expected, rtol=1e-12, atol=1e-12)
 
 
+def _pooled_relu_gradient_naive(Z, dY):
+    """d loss / d Z of maxpool(relu(Z)) by loops over windows: each window's
+    gradient to its first (row-major) maximum, where that maximum is positive."""
+    dZ = np.zeros_like(Z)
+    for s, y, x, f in np.ndindex(dY.shape):
+        window = Z[s, 2 * y:2 * y + 2, 2 * x:2 * x + 2, f].ravel()
+        k = int(np.argmax(window))  # argmax takes the first maximum
+        if window[k] > 0:
+            dZ[s, 2 * y + k // 2, 2 * x + k % 2, f] = dY[s, y, x, f]
+    return dZ
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("padding, shape, c_in", [("same", (6, 7), 1), ("valid", (8, 7), 3)])
+def test_gradients_match_loops(padding, shape, c_in, algorithm):
+    rng = np.random.default_rng(15)
+    fused = _standalone(ConvReLUPool2D(4, padding, algorithm), shape + (c_in,))
+    X = rng.standard_normal((3,) + shape + (c_in,))
+    out = fused.forward(X, training=True)
+    dY = rng.standard_normal(out.shape)
+    dX = fused.backward(dY.copy())
+    Z = conv2d_naive(X, fused.params["W"], fused.params["b"], 1, padding)
+    dZ = _pooled_relu_gradient_naive(Z, dY)
+    dX_ref, dW_ref, db_ref = conv2d_backward_naive(X, fused.params["W"], dZ, 1, padding)
+    np.testing.assert_allclose(dX, dX_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fused.grads["W"], dW_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fused.grads["b"], db_ref, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_ties_route_the_gradient_to_the_first_maximum(algorithm):
     """W = 0 makes every output its channel's bias: four-way ties in every
