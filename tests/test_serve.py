@@ -389,12 +389,20 @@ def test_port_in_use_is_a_usage_error(model, tmp_path, capsys):
         taken.close()
 
 
+def _default_ctrl_c():
+    """In the child: SIGINT's default action, so that Python raises
+    KeyboardInterrupt on it even when this test run ignores SIGINT (as a
+    shell does for the commands it starts in the background)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_the_command_serves_until_ctrl_c(model, tmp_path):
     path = save_model(model, tmp_path / "model.skops")
     with subprocess.Popen(
             [sys.executable, "-m", "skdigits", "serve", "-m", str(path), "--port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)}) as process:
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            preexec_fn=_default_ctrl_c if os.name == "posix" else None) as process:
         try:
             lines = [process.stdout.readline() for _ in range(2)]
             assert lines[0].startswith(f"Model: {path} (ImageTransformer -> NumpyMLPClassifier)")
