@@ -18,7 +18,8 @@ turn, one after the other:
 
 - skdigits: one epoch on ``--timing-rows`` rows, ``algorithm='auto'`` (the
   default: Winograd for the second convolution);
-- skdigits with every convolution on the direct (im2col) algorithm;
+- skdigits with every convolution on the direct (im2col) algorithm (each
+  still one layer with its ReLU and pool);
 - PyTorch: ``--torch-batches`` batches of 64 after 10 warm-up ones;
 - the floor: the matrix products of the direct convolution and the dense
   layers alone, for the same batches, computed the way skdigits computes
