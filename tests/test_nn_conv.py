@@ -424,6 +424,20 @@ def test_winograd_layouts_round_trip(h, w, top, left):
     np.testing.assert_array_equal(winograd.merge_tiles(tiles, np.empty_like(image)), image)
 
 
+def test_winograd_split_into_a_zero_framed_buffer_writes_only_the_image():
+    rng = np.random.default_rng(14)
+    first, later = rng.standard_normal((2, 2, 5, 6, 3))
+    shape = (2, (6 + 1 + 3) // 2, 2, 2, (5 + 1 + 3) // 2, 3)
+    P = winograd.split_image(first, 1, 1, np.full(shape, np.nan))
+    reused = winograd.split_image(later, 1, 1, P, frame_is_zero=True)
+    np.testing.assert_array_equal(reused, winograd.split_image(later, 1, 1, np.full(shape, np.nan)))
+    # The frame is left as it was: NaNs there stay, the image is written.
+    untouched = winograd.split_image(later, 1, 1, np.full(shape, np.nan), frame_is_zero=True)
+    padded = _padded_from_split(untouched)
+    np.testing.assert_array_equal(padded[:, 1:6, 1:7], later)
+    assert np.isnan(untouched).sum() == untouched.size - later.size
+
+
 # ------------------------------------------------------------ gradient checks
 @pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
 @pytest.mark.parametrize("algorithm, n, h, w, c, f, k, s, padding", [

@@ -109,16 +109,21 @@ def _image_blocks(h, w, top, left):
                                                               slice(j0, j0 + ny))
 
 
-def split_image(X, top, left, out):
+def split_image(X, top, left, out, frame_is_zero=False):
     """Copy X (n, h, w, c) into the zero frame ``out`` (2, W // 2, n, 2, H // 2, c),
-    parity-split, with X's pixel (y, x) at padded position (top + y, left + x)."""
+    parity-split, with X's pixel (y, x) at padded position (top + y, left + x).
+
+    ``frame_is_zero``: ``out`` holds a previous split of the same shape,
+    whose padding is still zero, so only the image region is written.
+    """
     h, w = X.shape[1:3]
     for (rows, cols), (p, i, q, j) in _image_blocks(h, w, top, left):
         block = out[p, :, :, q]                  # (W // 2, n, H // 2, c)
-        block[:i.start] = 0
-        block[i.stop:] = 0
-        block[i, :, :j.start] = 0
-        block[i, :, j.stop:] = 0
+        if not frame_is_zero:
+            block[:i.start] = 0
+            block[i.stop:] = 0
+            block[i, :, :j.start] = 0
+            block[i, :, j.stop:] = 0
         np.copyto(block[i, :, j], X[:, rows, cols].transpose(2, 0, 1, 3))
     return out
 
