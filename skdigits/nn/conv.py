@@ -846,12 +846,22 @@ class ConvReLUPool2D(Conv2D):
         shape = (4 * n * ph * pw, self.fan_in + 1)
         # One input channel: offset-major storage, as Conv2D._im2col keeps it.
         cols = new("cols_T", shape[::-1]).T if c == 1 else new("cols", shape)
-        cols[:, -1] = 1
+        # The 1s and the zeros read from the padding never change: a
+        # training buffer gets them once (144 small NumPy calls per batch).
+        training = new == self._buffer  # the same bound method: training buffers
+        filled = self.__dict__.setdefault("_zero_framed", {})
+        buffer = cols if cols.base is None else cols.base  # the array new() returned
+        fresh = not (training and filled.get("cols") is buffer)
+        if fresh:
+            cols[:, -1] = 1
         cols8 = cols[:, :-1].reshape(2, 2, n, ph, pw, 3, 3, c)
         for a, b, i, j, (out_y, out_x), (in_y, in_x) in self._window_offsets():
             dest = cols8[a, b, :, :, :, i, j, :]
-            _zero_outside(dest, out_y, out_x)  # outputs that read the padding
+            if fresh:
+                _zero_outside(dest, out_y, out_x)  # outputs that read the padding
             dest[:, out_y, out_x, :] = X[:, in_y, in_x, :]
+        if training:
+            filled["cols"] = buffer
         return cols
 
     def _forward_direct_pool(self, X, training):
