@@ -422,6 +422,18 @@ class Conv2D(Layer):
             self._X, self._U, self._A = X, U, A
         return A[:, :self.h_out, :self.w_out]  # the whole buffer unless a side is odd
 
+    def _filled_before(self, key, array, new):
+        """Whether ``array`` is the training buffer that ``key`` got on the
+        previous pass, so that what only a first fill writes (zeros of the
+        padding, a column of 1s) is still there; remembers it for the next.
+        Inference arrays (``new`` another allocator) never are."""
+        training = new == self._buffer  # the same bound method: training buffers
+        filled = self.__dict__.setdefault("_filled", {})
+        before = training and filled.get(key) is array
+        if training:
+            filled[key] = array
+        return before
+
     def _kernel_matrices(self, new):
         """U = G g G^T of the kernel as the 16 matrices (16, c_in, filters) of the products."""
         U = winograd.kernel_transform(self.params["W"], new("U", (4, 4, self.c_in, self.filters)))
@@ -447,11 +459,8 @@ class Conv2D(Layer):
         P = new(("X_tiles", nc), (2, tw + 1, nc, 2, th + 1, c))
         # Nothing else writes a training buffer's zero frame, so only its
         # first split zeroes it: 16 small NumPy calls fewer per chunk.
-        training = new == self._buffer  # the same bound method: training buffers
-        zeroed = self.__dict__.setdefault("_zero_framed", {})
-        winograd.split_image(X, top, left, P, frame_is_zero=training and zeroed.get(nc) is P)
-        if training:
-            zeroed[nc] = P
+        winograd.split_image(X, top, left, P,
+                             frame_is_zero=self._filled_before(("X_tiles", nc), P, new))
         return winograd.input_transform(P, th, tw, new(("rows", nc), (4, 2, tw + 1, nc, th, c)),
                                         new(("V", nc), (4, 4, tw, nc, th, c)))
 
@@ -848,10 +857,8 @@ class ConvReLUPool2D(Conv2D):
         cols = new("cols_T", shape[::-1]).T if c == 1 else new("cols", shape)
         # The 1s and the zeros read from the padding never change: a
         # training buffer gets them once (144 small NumPy calls per batch).
-        training = new == self._buffer  # the same bound method: training buffers
-        filled = self.__dict__.setdefault("_zero_framed", {})
         buffer = cols if cols.base is None else cols.base  # the array new() returned
-        fresh = not (training and filled.get("cols") is buffer)
+        fresh = not self._filled_before("cols", buffer, new)
         if fresh:
             cols[:, -1] = 1
         cols8 = cols[:, :-1].reshape(2, 2, n, ph, pw, 3, 3, c)
@@ -860,8 +867,6 @@ class ConvReLUPool2D(Conv2D):
             if fresh:
                 _zero_outside(dest, out_y, out_x)  # outputs that read the padding
             dest[:, out_y, out_x, :] = X[:, in_y, in_x, :]
-        if training:
-            filled["cols"] = buffer
         return cols
 
     def _forward_direct_pool(self, X, training):
