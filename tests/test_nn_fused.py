@@ -68,6 +68,22 @@ def _images(kind, n, shape, dtype, rng):
     return rng.integers(-1, 2, (n,) + shape).astype(dtype)
 
 
+def _small_integer_parameters(kind, layers, rng):
+    """For ``kind`` 'zeros' and 'integers' (see :func:`_images`), give the
+    layers one set of biases in {-1, 0, 1}: both signs and zero make tied
+    windows above and below the ReLU's kink; for 'integers' the kernels too,
+    so that every output is exact."""
+    if kind == "normal":
+        return
+    first = layers[0]
+    b = rng.integers(-1, 2, first.params["b"].shape).astype(first.dtype)
+    W = rng.integers(-1, 2, first.params["W"].shape).astype(first.dtype)
+    for layer in layers:
+        layer.params["b"][...] = b
+        if kind == "integers":
+            layer.params["W"][...] = W
+
+
 # ------------------------------------------------------- bit for bit
 CASES = [
     # (n, h, w, c_in, filters, padding)
@@ -87,14 +103,7 @@ CASES = [
 def test_fused_is_bit_identical_to_conv_then_pool(n, h, w, c, f, padding, kind, dtype):
     rng = np.random.default_rng([n, h, w, c, f])
     fused, unfused, pool = _pair(c, f, (h, w), padding, dtype)
-    if kind != "normal":
-        # Biases of both signs and zero: tied windows above and below the ReLU's kink.
-        b = rng.integers(-1, 2, f).astype(dtype)
-        W = rng.integers(-1, 2, fused.params["W"].shape).astype(dtype)
-        for layer in (fused, unfused):
-            layer.params["b"][...] = b
-            if kind == "integers":
-                layer.params["W"][...] = W
+    _small_integer_parameters(kind, (fused, unfused), rng)
     X = _images(kind, n, (h, w, c), dtype, rng)
     dY = rng.standard_normal((n, fused.h_out // 2, fused.w_out // 2, f)).astype(dtype)
     out, _ = _compare(fused, unfused, pool, X, dY)
@@ -168,13 +177,7 @@ def _compare_direct(fused, unfused, pool, X, dY, exact):
 def test_direct_path_output_is_the_unfused_output(n, h, w, c, f, padding, kind, dtype):
     rng = np.random.default_rng([n, h, w, c, f, 1])
     fused, unfused, pool = _pair(c, f, (h, w), padding, dtype, algorithm="direct")
-    if kind != "normal":
-        b = rng.integers(-1, 2, f).astype(dtype)
-        W = rng.integers(-1, 2, fused.params["W"].shape).astype(dtype)
-        for layer in (fused, unfused):
-            layer.params["b"][...] = b
-            if kind == "integers":
-                layer.params["W"][...] = W
+    _small_integer_parameters(kind, (fused, unfused), rng)
     X = _images(kind, n, (h, w, c), dtype, rng)
     shape = (n, fused.h_out // 2, fused.w_out // 2, f)
     dY = rng.standard_normal(shape).astype(dtype)

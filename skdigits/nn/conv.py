@@ -614,12 +614,8 @@ class MaxPool2D(Layer):
         product per offset; ``where=`` and fancy indexing are several times
         slower in NumPy.
         """
-        shape = (len(slices),) + Y.shape
-        masks = self._buffers.get("routes")
-        if masks is None or masks.shape != shape:
-            masks = self._buffers["routes"] = np.empty(shape, dtype=bool)
-            self._buffers["taken"] = np.empty(Y.shape, dtype=bool)
-        return _first_maximum_masks(slices, Y, masks, self._buffers["taken"])
+        masks = self._buffer("routes", (len(slices),) + Y.shape, bool)
+        return _first_maximum_masks(slices, Y, masks, self._buffer("taken", Y.shape, bool))
 
     def backward(self, dY, need_input_grad=True):
         """dY (n, h_out, w_out, c) -> d loss / d X (n, h, w, c)."""
@@ -854,10 +850,10 @@ class ConvReLUPool2D(Conv2D):
         ph, pw = self.h_out // 2, self.w_out // 2
         shape = (4 * n * ph * pw, self.fan_in + 1)
         # One input channel: offset-major storage, as Conv2D._im2col keeps it.
-        cols = new("cols_T", shape[::-1]).T if c == 1 else new("cols", shape)
+        buffer = new("cols_T", shape[::-1]) if c == 1 else new("cols", shape)
+        cols = buffer.T if c == 1 else buffer
         # The 1s and the zeros read from the padding never change: a
         # training buffer gets them once (144 small NumPy calls per batch).
-        buffer = cols if cols.base is None else cols.base  # the array new() returned
         fresh = not self._filled_before("cols", buffer, new)
         if fresh:
             cols[:, -1] = 1
