@@ -19,7 +19,7 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 import skdigits.concurrency
 from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
 from skdigits.concurrency import DataParallel, predict_in_chunks
-from skdigits.nn import Dense, Dropout, Network
+from skdigits.nn import SGD, Adam, Dense, Dropout, Network
 from skdigits.nn.conv import Conv2D, Flatten, MaxPool2D
 from skdigits.nn.losses import LOSSES
 
@@ -498,8 +498,6 @@ def test_split_optimizer_step_and_penalty_are_bit_identical(optimizer, monkeypat
     """The optimizer step, the L2 gradient and the sum of the shards'
     gradients are elementwise: done as two halves on two threads they give
     the bits of one pass on one thread."""
-    from skdigits.nn import SGD, Adam
-
     make = {"adam": lambda p: Adam(p, 1e-2), "sgd": lambda p: SGD(p, 0.05)}[optimizer]
     runs = []
     for split in (False, True):
@@ -513,3 +511,61 @@ def test_split_optimizer_step_and_penalty_are_bit_identical(optimizer, monkeypat
                 parallel.step(opt)
         runs.append(network.params.copy())
     assert np.array_equal(runs[0], runs[1])
+
+
+# ------------------------------------- 9. the training loop's one-pass step
+OPTIMIZERS = {"adam": lambda p: Adam(p, 1e-2), "sgd": lambda p: SGD(p, 0.05, momentum=0.9)}
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+@pytest.mark.parametrize("split", [False, True], ids=["whole-vector", "halves"])
+@pytest.mark.parametrize("shard", [False, True], ids=["one-shard", "two-shards"])
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_train_step_equals_loss_and_gradient_then_step(optimizer, alpha, shard, split,
+                                                       concurrent, monkeypatch):
+    """train_step does per parameter what loss_and_gradient then step do
+    (sum of the shards, L2 term, update) in one pass per half: the same
+    losses, and parameters bit for bit, over batches of changing sizes,
+    odd ones, with sample weights."""
+    monkeypatch.setattr(skdigits.concurrency, "SHARD_MIN_MULTIPLY_ADDS", 1 if shard else 10**12)
+    monkeypatch.setattr(skdigits.concurrency, "SPLIT_STEP_MIN_PARAMS", 1 if split else 10**12)
+    fused = mlp("float32", dropout=0.5, seed=12)
+    staged = copy.deepcopy(fused)
+    fused_opt, staged_opt = OPTIMIZERS[optimizer](fused.params), OPTIMIZERS[optimizer](staged.params)
+    seen = []
+    with DataParallel(fused, concurrent) as one_pass, DataParallel(staged, concurrent) as stages:
+        for i, n in enumerate([9, 8, 13, 5, 9]):
+            X, Y, w = batch(fused, n, seed=120 + i, weights=i % 2 == 1)
+            loss, stepped = one_pass.train_step(X, Y, w, alpha, i, fused_opt,
+                                                accept=lambda loss: seen.append(loss) or True)
+            expected = stages.loss_and_gradient(X, Y, w, alpha, step=i)
+            stages.step(staged_opt)
+            assert stepped and loss == expected == seen[-1]
+            assert np.array_equal(fused.params, staged.params)
+            assert np.array_equal(fused.grads, staged.grads)  # complete once stepped
+        assert (one_pass._twin is not None) == shard
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_train_step_refused_changes_nothing(always_shard, monkeypatch, concurrent):
+    """When ``accept`` refuses the loss (the divergence guard), neither the
+    parameters nor the optimizer's state move; the loss it saw includes the
+    penalty."""
+    monkeypatch.setattr(skdigits.concurrency, "SPLIT_STEP_MIN_PARAMS", 1)
+    network = mlp("float64", seed=13)
+    reference = copy.deepcopy(network)
+    opt = Adam(network.params, 1e-2)
+    before = (network.params.copy(), opt.m.copy(), opt.v.copy(), opt.t)
+    X, Y, w = batch(network, 11, seed=140)
+    seen = []
+    with DataParallel(network, concurrent) as parallel:
+        loss, stepped = parallel.train_step(X, Y, w, 0.3, 0, opt,
+                                            accept=lambda loss: seen.append(loss) or False)
+    assert not stepped
+    with DataParallel(reference, concurrent=False) as parallel:
+        expected = parallel.loss_and_gradient(X, Y, w, 0.3)
+    assert seen == [loss] and loss == expected
+    assert loss > reference.loss_and_gradient(X, Y, w, 0.0)  # the penalty is in it
+    for now, then in zip((network.params, opt.m, opt.v, opt.t), before):
+        assert np.array_equal(now, then)

@@ -122,13 +122,16 @@ class TrainingLoop:
             return None  # zero-weight samples only: nothing to learn here
         self._notify("on_batch_begin")
         history = self.history
-        loss = self._parallel.loss_and_gradient(X, Y, weights, self.alpha, step=history.steps)
-        if self.guard.diverged(loss, history, first_of_epoch):
+
+        def finite(loss):  # a non-finite loss ends the fit before any update
+            return not self.guard.diverged(loss, history, first_of_epoch)
+        loss, stepped = self._parallel.train_step(X, Y, weights, self.alpha, history.steps,
+                                                  self.optimizer, accept=finite)
+        if not stepped:
             self._stop_reason = "diverged"
             return None
         if history.first_batch_loss is None:
             history.first_batch_loss = loss
-        self._parallel.step(self.optimizer)
         history.steps += 1
         return loss
 
