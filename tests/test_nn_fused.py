@@ -201,6 +201,78 @@ def test_direct_path_buffers_across_batch_sizes():
     assert fused.grads["W"].shape == (3, 3, 1, 32)
 
 
+def _window_cols_naive(X, padding):
+    """The direct path's im2col matrix by loops: the row of (window position
+    a, b; image s; pooled row y; pooled column x) holds, at column
+    (3 i + j) c_in + k, the padded pixel (s, 2 y + a + i, 2 x + b + j, k);
+    the last column is 1."""
+    n, h, w, c = X.shape
+    pad = 1 if padding == "same" else 0  # a 3x3 kernel of stride 1
+    P = np.pad(X, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ph, pw = (h + 2 * pad - 2) // 2, (w + 2 * pad - 2) // 2
+    cols = np.ones((4 * n * ph * pw, 9 * c + 1), dtype=X.dtype)
+    for row, (a, b, s, y, x) in enumerate(np.ndindex(2, 2, n, ph, pw)):
+        for i, j, k in np.ndindex(3, 3, c):
+            cols[row, (3 * i + j) * c + k] = P[s, 2 * y + a + i, 2 * x + b + j, k]
+    return cols
+
+
+_EMPTY = np.empty
+
+
+def _garbage_empty(shape, dtype=float, *args, **kwargs):
+    """np.empty whose memory is never zero by luck: NaN (True for bools)."""
+    array = _EMPTY(shape, dtype, *args, **kwargs)
+    array.fill(np.nan if array.dtype.kind in "fc" else 1)
+    return array
+
+
+@pytest.fixture
+def garbage_buffers(monkeypatch):
+    """New buffers and inference arrays start as NaN, so that a value a pass
+    relies on without writing it (e.g. a padding zero) shows."""
+    monkeypatch.setattr(np, "empty", _garbage_empty)
+
+
+WINDOW_COLS_CASES = [
+    # (n, h, w, c_in, padding)
+    (2, 6, 8, 1, "same"),
+    (3, 7, 9, 1, "same"),    # odd sides: the last output row and column are dropped
+    (2, 5, 6, 3, "same"),
+    (2, 8, 6, 3, "valid"),   # 6x4 output
+    (3, 9, 7, 1, "valid"),   # 7x5 output: the image's last row and column are read by nothing
+    (1, 4, 5, 3, "valid"),   # 2x3 output
+]
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("n, h, w, c, padding", WINDOW_COLS_CASES)
+def test_direct_path_window_cols_match_loops(n, h, w, c, padding, training, garbage_buffers):
+    """The im2col matrix itself: a pure copy, so exactly the loops' values."""
+    rng = np.random.default_rng([n, h, w, c, 2])
+    layer = _standalone(ConvReLUPool2D(4, padding, "direct"), (h, w, c))
+    X = rng.uniform(1, 2, (n, h, w, c))  # no zeros: a misplaced padding zero shows
+    cols = layer._window_cols(X, layer._array(training))
+    _same_bits(np.ascontiguousarray(cols), _window_cols_naive(X, padding))
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_direct_path_buffers_across_batch_sizes_and_modes(c, garbage_buffers):
+    """Training batches of two sizes, each size twice, inference between
+    them: each pass's im2col matrix and output are right, so the training
+    buffers' padding zeros and 1s survive their reuse, and a reallocated
+    buffer gets them anew."""
+    rng = np.random.default_rng(16 + c)
+    fused, unfused, pool = _pair(c, 4, (7, 6), "same", "float64", algorithm="direct")
+    for n, training in [(3, True), (3, True), (3, False), (2, True), (2, False), (2, True),
+                        (3, False), (3, True)]:
+        X = rng.uniform(1, 2, (n, 7, 6, c))
+        out = fused.forward(X, training=training)
+        _same_bits(out, pool.forward(unfused.forward(X)))
+        if training:
+            _same_bits(np.ascontiguousarray(fused._cols), _window_cols_naive(X, "same"))
+
+
 def test_direct_path_rows_are_independent():
     """A sample's output and its share of the gradient do not depend on the
     other samples of its batch (shards of a batch may be summed)."""

@@ -32,7 +32,7 @@ the other samples in its batch.
 import copy
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from . import winograd
 from .activations import ACTIVATIONS, DERIVATIVES
@@ -823,9 +823,9 @@ class ConvReLUPool2D(Conv2D):
 
     # ------------------------------------------------ direct, by window
     def _window_offsets(self):
-        """For each window position (a, b) and kernel offset (i, j): the
-        pooled outputs whose input pixel is inside the image, and those
-        pixels, as ``(a, b, i, j, (out_y, out_x), (in_y, in_x))``.
+        """For col2im: for each window position (a, b) and kernel offset
+        (i, j), the pooled outputs whose input pixel is inside the image, and
+        those pixels, as ``(a, b, i, j, (out_y, out_x), (in_y, in_x))``.
 
         Pooled output (y, x) at window position (a, b) is the convolution's
         output (2 y + a, 2 x + b), which reads input pixel
@@ -842,27 +842,43 @@ class ConvReLUPool2D(Conv2D):
                         out_x, in_x = _overlap(pw, w, 2, b + j - left)
                         yield a, b, i, j, (out_y, out_x), (in_y, in_x)
 
+    def _framed_input(self, X, new):
+        """The pixels the kept windows read, (n, 2 ph + 2, 2 pw + 2, c_in):
+        X inside its zero padding ('same'), or X's first rows and columns
+        ('valid', a view; an odd output side's dropped row or column reads
+        no more)."""
+        (top, _), (left, _) = self._pad_h, self._pad_w
+        n, h, w, c = X.shape
+        shape = (n, self.h_out // 2 * 2 + 2, self.w_out // 2 * 2 + 2, c)
+        if top == left == 0:
+            return X[:, :shape[1], :shape[2]]
+        framed = new("X_framed", shape)
+        # Nothing else writes a training buffer's frame: zeroed on its first fill only.
+        if not self._filled_before("X_framed", framed, new):
+            framed.fill(0)
+        framed[:, top:top + h, left:left + w] = X[:, :shape[1] - top, :shape[2] - left]
+        return framed
+
     def _window_cols(self, X, new):
         """The im2col matrix (4 n ph pw, 9 c_in + 1), rows ordered (window
         position, image, window row, window column), columns as
-        :meth:`Conv2D._im2col`'s, the last one 1s for the bias."""
+        :meth:`Conv2D._im2col`'s, the last one 1s for the bias.
+
+        One strided copy fills it: each NumPy call costs a GIL hand-off when
+        two threads compute shards, and one per window position and kernel
+        offset made 36 (see :func:`_pool_windows`).
+        """
         n, c = X.shape[0], self.c_in
         ph, pw = self.h_out // 2, self.w_out // 2
         shape = (4 * n * ph * pw, self.fan_in + 1)
         # One input channel: offset-major storage, as Conv2D._im2col keeps it.
         buffer = new("cols_T", shape[::-1]) if c == 1 else new("cols", shape)
         cols = buffer.T if c == 1 else buffer
-        # The 1s and the zeros read from the padding never change: a
-        # training buffer gets them once (144 small NumPy calls per batch).
-        fresh = not self._filled_before("cols", buffer, new)
-        if fresh:
+        # The 1s never change: a training buffer gets them once.
+        if not self._filled_before("cols", buffer, new):
             cols[:, -1] = 1
         cols8 = cols[:, :-1].reshape(2, 2, n, ph, pw, 3, 3, c)
-        for a, b, i, j, (out_y, out_x), (in_y, in_x) in self._window_offsets():
-            dest = cols8[a, b, :, :, :, i, j, :]
-            if fresh:
-                _zero_outside(dest, out_y, out_x)  # outputs that read the padding
-            dest[:, out_y, out_x, :] = X[:, in_y, in_x, :]
+        np.copyto(cols8, _pool_windows(self._framed_input(X, new)))
         return cols
 
     def _forward_direct_pool(self, X, training):
@@ -906,12 +922,18 @@ class ConvReLUPool2D(Conv2D):
         return dX
 
 
-def _zero_outside(dest, out_y, out_x):
-    """Zero ``dest`` (n, rows, cols, c) outside ``[:, out_y, out_x]``."""
-    dest[:, :out_y.start] = 0
-    dest[:, out_y.stop:] = 0
-    dest[:, out_y, :out_x.start] = 0
-    dest[:, out_y, out_x.stop:] = 0
+def _pool_windows(framed):
+    """A read-only view of every pixel that each kernel offset (i, j) reads
+    for each pooled output (y, x) at each window position (a, b):
+    ``windows[a, b, s, y, x, i, j, c] = framed[s, 2 y + a + i, 2 x + b + j, c]``,
+    shape (2, 2, n, ph, pw, 3, 3, c), from ``framed`` (n, 2 ph + 2, 2 pw + 2, c)
+    (see :meth:`ConvReLUPool2D._framed_input`).  No copy: the strides step
+    through ``framed``'s own."""
+    n, rows, columns, c = framed.shape
+    s_n, s_y, s_x, s_c = framed.strides
+    shape = (2, 2, n, (rows - 2) // 2, (columns - 2) // 2, 3, 3, c)
+    strides = (s_y, s_x, s_n, 2 * s_y, 2 * s_x, s_y, s_x, s_c)
+    return as_strided(framed, shape, strides, writeable=False)
 
 
 def fuse_conv_relu_pool(block, input_shape):
