@@ -813,8 +813,10 @@ class ConvReLUPool2D(Conv2D):
             # gradient to its route.  Both factors are 0 or 1: the product
             # has the bits of the unfused pool's then ReLU's, signed zeros too.
             dZ = DERIVATIVES["relu"](self._pooled[rows], dY[rows]).transpose(2, 0, 1, 3)
-            for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-                np.multiply(dZ, self._routes[k, :, rows], out=out[a, b, :pw, :, :ph])
+            # The four window positions (a, b) at once, as the view (4, ...)
+            # of the tiles: one NumPy call rather than one per position.
+            corners = out.reshape((4,) + out.shape[2:])[:, :pw, :, :ph]
+            np.multiply(dZ, self._routes[:, :, rows], out=corners)
             if (ph, pw) != (th, tw):  # tiles of a dropped row or column
                 out[:, :, pw:] = 0
                 out[:, :, :, :, ph:] = 0
@@ -900,8 +902,7 @@ class ConvReLUPool2D(Conv2D):
         dZ = DERIVATIVES["relu"](self._pooled, dY)
         # Each window's gradient to its route; Z's buffer is free for it.
         dZ4 = self._buffer("Z", (self._cols.shape[0], f)).reshape((4,) + dZ.shape)
-        for k in range(4):
-            np.multiply(dZ, self._routes[k], out=dZ4[k])
+        np.multiply(dZ, self._routes, out=dZ4)
         dZ_rows = dZ4.reshape(-1, f)
         # [dW; db] in one product: the column of ones sums dZ's rows.
         dW_b = np.matmul(self._cols.T, dZ_rows, out=self._buffer("dW_b", (self.fan_in + 1, f)))
