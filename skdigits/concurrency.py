@@ -197,20 +197,14 @@ class DataParallel:
                           network.n_penalized)
         return loss + network.penalty_loss(alpha, weight_sum)
 
-    def step(self, optimizer):
-        """One optimizer step on the network's gradient, in two halves of the
-        parameter vector when it is large and a helper thread is running."""
-        optimizer.begin_step()
-        grads = self.network.grads
-        self._elementwise(lambda part: optimizer.update_part(grads, part), len(grads))
-
     def train_step(self, X, Y, weights, alpha, step, optimizer, accept):
-        """:meth:`loss_and_gradient` then, if ``accept(loss)``, :meth:`step`,
-        with the same operations on every parameter (so the same bits) but
-        fewer hand-offs to the helper thread: summing the shards' gradients,
-        adding the L2 term and the optimizer's update run as one pass over
-        each half of the parameter vector, where :meth:`loss_and_gradient`
-        and :meth:`step` hand over three.  Each hand-off wakes a thread
+        """One optimizer step on a batch: :meth:`loss_and_gradient`, then, if
+        ``accept(loss)``, ``optimizer.step`` on the gradient, with the same
+        operations on every parameter (so the same bits) but one hand-off to
+        the helper thread where the two would take three: summing the
+        shards' gradients, adding the L2 term and the optimizer's update run
+        as one pass over each half of the parameter vector, when it is large
+        and a helper thread is running.  Each hand-off wakes a thread
         (~20-50 us here) and the two threads then queue at the GIL.
 
         The loss (penalty included) is complete before ``accept`` sees it;

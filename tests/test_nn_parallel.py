@@ -494,12 +494,13 @@ def test_estimator_fit_independent_of_blas_threads(always_shard, monkeypatch, na
 
 # ------------------------------------------- 8. split elementwise passes
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_split_optimizer_step_and_penalty_are_bit_identical(optimizer, monkeypatch):
+def test_split_optimizer_step_and_penalty_are_bit_identical(always_shard, optimizer, monkeypatch):
     """The optimizer step, the L2 gradient and the sum of the shards'
     gradients are elementwise: done as two halves on two threads they give
-    the bits of one pass on one thread."""
+    the bits of one pass on one thread, in training steps and in
+    loss_and_gradient's complete gradient (L-BFGS's)."""
     make = {"adam": lambda p: Adam(p, 1e-2), "sgd": lambda p: SGD(p, 0.05)}[optimizer]
-    runs = []
+    runs, gradients = [], []
     for split in (False, True):
         monkeypatch.setattr(skdigits.concurrency, "SPLIT_STEP_MIN_PARAMS", 1 if split else 10**12)
         network = mlp("float32", dropout=0.5, seed=11)
@@ -508,9 +509,12 @@ def test_split_optimizer_step_and_penalty_are_bit_identical(optimizer, monkeypat
             for i in range(5):
                 X, Y, w = batch(network, 9, seed=90 + i, weights=i == 3)
                 parallel.loss_and_gradient(X, Y, w, alpha=0.3, step=i)
-                parallel.step(opt)
+                gradients.append(network.grads.copy())
+                parallel.train_step(X, Y, w, 0.3, i, opt, accept=lambda loss: True)
         runs.append(network.params.copy())
     assert np.array_equal(runs[0], runs[1])
+    for unsplit, halves in zip(gradients[:5], gradients[5:]):
+        assert np.array_equal(unsplit, halves)
 
 
 # ------------------------------------- 9. the training loop's one-pass step
@@ -524,10 +528,10 @@ OPTIMIZERS = {"adam": lambda p: Adam(p, 1e-2), "sgd": lambda p: SGD(p, 0.05, mom
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_train_step_equals_loss_and_gradient_then_step(optimizer, alpha, shard, split,
                                                        concurrent, monkeypatch):
-    """train_step does per parameter what loss_and_gradient then step do
-    (sum of the shards, L2 term, update) in one pass per half: the same
-    losses, and parameters bit for bit, over batches of changing sizes,
-    odd ones, with sample weights."""
+    """train_step does per parameter what loss_and_gradient then the
+    optimizer's own step do (sum of the shards, L2 term, update) in one pass
+    per half: the same losses, and parameters bit for bit, over batches of
+    changing sizes, odd ones, with sample weights."""
     monkeypatch.setattr(skdigits.concurrency, "SHARD_MIN_MULTIPLY_ADDS", 1 if shard else 10**12)
     monkeypatch.setattr(skdigits.concurrency, "SPLIT_STEP_MIN_PARAMS", 1 if split else 10**12)
     fused = mlp("float32", dropout=0.5, seed=12)
@@ -540,7 +544,7 @@ def test_train_step_equals_loss_and_gradient_then_step(optimizer, alpha, shard, 
             loss, stepped = one_pass.train_step(X, Y, w, alpha, i, fused_opt,
                                                 accept=lambda loss: seen.append(loss) or True)
             expected = stages.loss_and_gradient(X, Y, w, alpha, step=i)
-            stages.step(staged_opt)
+            staged_opt.step(staged.grads)  # the whole vector at once
             assert stepped and loss == expected == seen[-1]
             assert np.array_equal(fused.params, staged.params)
             assert np.array_equal(fused.grads, staged.grads)  # complete once stepped
