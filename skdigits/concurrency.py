@@ -185,17 +185,12 @@ class DataParallel:
 
     def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None, step=0):
         """As :meth:`Network.loss_and_gradient`, over two shards when the batch is large."""
-        network = self.network
         weight_sum = self._weight_sum(X, weights, weight_sum)
         loss, twin = self._data_loss(X, Y, weights, weight_sum, step)
-        if twin is not None:
-            self._elementwise(lambda part: np.add(network.grads[part], twin.grads[part],
-                                                  out=network.grads[part]), network.n_params)
-        if not alpha:
-            return loss
-        self._elementwise(lambda part: network.add_penalty_gradient(alpha, weight_sum, part),
-                          network.n_penalized)
-        return loss + network.penalty_loss(alpha, weight_sum)
+        if twin is not None or alpha:
+            self._elementwise(self._gradient_completer(twin, alpha, weight_sum),
+                              self.network.n_params)
+        return self._with_penalty(loss, alpha, weight_sum)
 
     def train_step(self, X, Y, weights, alpha, step, optimizer, accept):
         """One optimizer step on a batch: :meth:`loss_and_gradient`, then, if
@@ -211,24 +206,18 @@ class DataParallel:
         the gradient is complete only once the step is taken.  Returns the
         loss and whether the step was taken.
         """
-        network = self.network
         weight_sum = self._weight_sum(X, weights, None)
         loss, twin = self._data_loss(X, Y, weights, weight_sum, step)
-        if alpha:
-            loss = loss + network.penalty_loss(alpha, weight_sum)
+        loss = self._with_penalty(loss, alpha, weight_sum)
         if not accept(loss):
             return loss, False
         optimizer.begin_step()
-        grads, n_penalized = network.grads, network.n_penalized
+        complete, grads = self._gradient_completer(twin, alpha, weight_sum), self.network.grads
 
         def gradient_and_update(part):
-            if twin is not None:
-                np.add(grads[part], twin.grads[part], out=grads[part])
-            if alpha and part.start < n_penalized:
-                penalized = slice(part.start, min(part.stop, n_penalized))
-                network.add_penalty_gradient(alpha, weight_sum, penalized)
+            complete(part)
             optimizer.update_part(grads, part)
-        self._elementwise(gradient_and_update, network.n_params)
+        self._elementwise(gradient_and_update, self.network.n_params)
         return loss, True
 
     @staticmethod
@@ -236,6 +225,25 @@ class DataParallel:
         if weight_sum is not None:
             return weight_sum
         return X.shape[0] if weights is None else float(np.sum(weights))
+
+    def _with_penalty(self, loss, alpha, weight_sum):
+        return loss + self.network.penalty_loss(alpha, weight_sum) if alpha else loss
+
+    def _gradient_completer(self, twin, alpha, weight_sum):
+        """``complete(part)``: the network's gradient over ``part`` made whole,
+        the replica's shard added (``twin``, None when unsplit), then the L2
+        term on the penalized weights in ``part``; elementwise, so any split
+        of the parameter vector gives the same bits."""
+        network = self.network
+        grads, n_penalized = network.grads, network.n_penalized
+
+        def complete(part):
+            if twin is not None:
+                np.add(grads[part], twin.grads[part], out=grads[part])
+            if alpha and part.start < n_penalized:
+                penalized = slice(part.start, min(part.stop, n_penalized))
+                network.add_penalty_gradient(alpha, weight_sum, penalized)
+        return complete
 
     def _data_loss(self, X, Y, weights, weight_sum, step):
         """The data loss of the batch; the gradient is left in the network's

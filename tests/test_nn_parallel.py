@@ -493,13 +493,16 @@ def test_estimator_fit_independent_of_blas_threads(always_shard, monkeypatch, na
 
 
 # ------------------------------------------- 8. split elementwise passes
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+OPTIMIZERS = {"adam": lambda p: Adam(p, 1e-2), "sgd": lambda p: SGD(p, 0.05)}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_split_optimizer_step_and_penalty_are_bit_identical(always_shard, optimizer, monkeypatch):
     """The optimizer step, the L2 gradient and the sum of the shards'
     gradients are elementwise: done as two halves on two threads they give
     the bits of one pass on one thread, in training steps and in
     loss_and_gradient's complete gradient (L-BFGS's)."""
-    make = {"adam": lambda p: Adam(p, 1e-2), "sgd": lambda p: SGD(p, 0.05)}[optimizer]
+    make = OPTIMIZERS[optimizer]
     runs, gradients = [], []
     for split in (False, True):
         monkeypatch.setattr(skdigits.concurrency, "SPLIT_STEP_MIN_PARAMS", 1 if split else 10**12)
@@ -518,9 +521,6 @@ def test_split_optimizer_step_and_penalty_are_bit_identical(always_shard, optimi
 
 
 # ------------------------------------- 9. the training loop's one-pass step
-OPTIMIZERS = {"adam": lambda p: Adam(p, 1e-2), "sgd": lambda p: SGD(p, 0.05, momentum=0.9)}
-
-
 @pytest.mark.parametrize("concurrent", [False, True])
 @pytest.mark.parametrize("split", [False, True], ids=["whole-vector", "halves"])
 @pytest.mark.parametrize("shard", [False, True], ids=["one-shard", "two-shards"])

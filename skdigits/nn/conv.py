@@ -283,25 +283,22 @@ class Conv2D(Layer):
                         dest[...] = 0  # some outputs read the padding here
                     dest[:, out_y, out_x, :] = X[:, in_y, in_x, :]
         else:
-            Xp = self._pad(X, training)
+            Xp = self._pad(X, self._array(training))
             windows = sliding_window_view(Xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :ho, :wo]
             # (n, ho, wo, c, kh, kw) -> (n, ho, wo, kh, kw, c): one strided copy.
             np.copyto(cols6, windows.transpose(0, 1, 2, 4, 5, 3))
         return cols
 
-    def _pad(self, X, training):
-        """X zero-padded for 'same': (n, h, w, c) -> (n, h + pad_h, w + pad_w, c)."""
+    def _pad(self, X, new):
+        """X zero-padded for 'same': (n, h, w, c) -> (n, h + pad_h, w + pad_w, c),
+        in ``new``'s array (see :meth:`_array`)."""
         (top, bottom), (left, right) = self._pad_h, self._pad_w
         if top == bottom == left == right == 0:
             return X
         n, h, w, c = X.shape
-        shape = (n, top + h + bottom, left + w + right, c)
-        Xp = self._buffer("X_padded", shape) if training else np.empty(shape, dtype=self.dtype)
-        # Only the border needs zeroing; the interior is overwritten just after.
-        Xp[:, :top] = 0
-        Xp[:, top + h:] = 0
-        Xp[:, top:top + h, :left] = 0
-        Xp[:, top:top + h, left + w:] = 0
+        # Only the interior is ever written: the zero frame a new buffer
+        # starts with lasts as long as the buffer.
+        Xp = new("X_padded", (n, top + h + bottom, left + w + right, c), fill=0)
         Xp[:, top:top + h, left:left + w] = X
         return Xp
 
@@ -324,18 +321,21 @@ class Conv2D(Layer):
         return self._backward_direct(dA, need_input_grad)
 
     def _array(self, training):
-        """The allocator for a pass: ``new(key, shape)`` returns the layer's
-        reused buffer in training; in inference, an array of this call only
-        (inference keeps no state, so threads may share the layer), reused
-        within the call, e.g. by Winograd's chunks."""
+        """The allocator for a pass: ``new(key, shape, fill=None)`` returns the
+        layer's reused buffer in training; in inference, an array of this
+        call only (inference keeps no state, so threads may share the layer),
+        reused within the call, e.g. by Winograd's chunks.  Either way a new
+        array starts as ``fill`` when one is given (see :meth:`Layer._buffer`)."""
         if training:
             return self._buffer
         arrays = {}
 
-        def new(key, shape):
+        def new(key, shape, fill=None):
             array = arrays.get(key)
             if array is None or array.shape != shape:
                 array = arrays[key] = np.empty(shape, dtype=self.dtype)
+                if fill is not None:
+                    array.fill(fill)
             return array
         return new
 
@@ -422,18 +422,6 @@ class Conv2D(Layer):
             self._X, self._U, self._A = X, U, A
         return A[:, :self.h_out, :self.w_out]  # the whole buffer unless a side is odd
 
-    def _filled_before(self, key, array, new):
-        """Whether ``array`` is the training buffer that ``key`` got on the
-        previous pass, so that what only a first fill writes (zeros of the
-        padding, a column of 1s) is still there; remembers it for the next.
-        Inference arrays (``new`` another allocator) never are."""
-        training = new == self._buffer  # the same bound method: training buffers
-        filled = self.__dict__.setdefault("_filled", {})
-        before = training and filled.get(key) is array
-        if training:
-            filled[key] = array
-        return before
-
     def _kernel_matrices(self, new):
         """U = G g G^T of the kernel as the 16 matrices (16, c_in, filters) of the products."""
         U = winograd.kernel_transform(self.params["W"], new("U", (4, 4, self.c_in, self.filters)))
@@ -456,11 +444,11 @@ class Conv2D(Layer):
         """V = B^T d B of every tile of the images X, into ``new``'s arrays."""
         nc, (th, tw), c = X.shape[0], self._tiles, self.c_in
         (top, _), (left, _) = self._pad_h, self._pad_w
-        P = new(("X_tiles", nc), (2, tw + 1, nc, 2, th + 1, c))
-        # Nothing else writes a training buffer's zero frame, so only its
-        # first split zeroes it: 16 small NumPy calls fewer per chunk.
-        winograd.split_image(X, top, left, P,
-                             frame_is_zero=self._filled_before(("X_tiles", nc), P, new))
+        # Nothing but the split writes this buffer, and it writes only the
+        # image: the zero frame it starts with lasts (16 small NumPy calls
+        # fewer per chunk than zeroing it each time).
+        P = new(("X_tiles", nc), (2, tw + 1, nc, 2, th + 1, c), fill=0)
+        winograd.split_image(X, top, left, P, frame_is_zero=True)
         return winograd.input_transform(P, th, tw, new(("rows", nc), (4, 2, tw + 1, nc, th, c)),
                                         new(("V", nc), (4, 4, tw, nc, th, c)))
 
@@ -844,23 +832,6 @@ class ConvReLUPool2D(Conv2D):
                         out_x, in_x = _overlap(pw, w, 2, b + j - left)
                         yield a, b, i, j, (out_y, out_x), (in_y, in_x)
 
-    def _framed_input(self, X, new):
-        """The pixels the kept windows read, (n, 2 ph + 2, 2 pw + 2, c_in):
-        X inside its zero padding ('same'), or X's first rows and columns
-        ('valid', a view; an odd output side's dropped row or column reads
-        no more)."""
-        (top, _), (left, _) = self._pad_h, self._pad_w
-        n, h, w, c = X.shape
-        shape = (n, self.h_out // 2 * 2 + 2, self.w_out // 2 * 2 + 2, c)
-        if top == left == 0:
-            return X[:, :shape[1], :shape[2]]
-        framed = new("X_framed", shape)
-        # Nothing else writes a training buffer's frame: zeroed on its first fill only.
-        if not self._filled_before("X_framed", framed, new):
-            framed.fill(0)
-        framed[:, top:top + h, left:left + w] = X[:, :shape[1] - top, :shape[2] - left]
-        return framed
-
     def _window_cols(self, X, new):
         """The im2col matrix (4 n ph pw, 9 c_in + 1), rows ordered (window
         position, image, window row, window column), columns as
@@ -874,13 +845,11 @@ class ConvReLUPool2D(Conv2D):
         ph, pw = self.h_out // 2, self.w_out // 2
         shape = (4 * n * ph * pw, self.fan_in + 1)
         # One input channel: offset-major storage, as Conv2D._im2col keeps it.
-        buffer = new("cols_T", shape[::-1]) if c == 1 else new("cols", shape)
-        cols = buffer.T if c == 1 else buffer
-        # The 1s never change: a training buffer gets them once.
-        if not self._filled_before("cols", buffer, new):
-            cols[:, -1] = 1
+        # A new buffer starts as 1s; the copy below overwrites all but the
+        # last column, the bias's, which so stays 1.
+        cols = new("cols_T", shape[::-1], fill=1).T if c == 1 else new("cols", shape, fill=1)
         cols8 = cols[:, :-1].reshape(2, 2, n, ph, pw, 3, 3, c)
-        np.copyto(cols8, _pool_windows(self._framed_input(X, new)))
+        np.copyto(cols8, _pool_windows(self._pad(X, new)))
         return cols
 
     def _forward_direct_pool(self, X, training):
@@ -927,8 +896,9 @@ def _pool_windows(framed):
     """A read-only view of every pixel that each kernel offset (i, j) reads
     for each pooled output (y, x) at each window position (a, b):
     ``windows[a, b, s, y, x, i, j, c] = framed[s, 2 y + a + i, 2 x + b + j, c]``,
-    shape (2, 2, n, ph, pw, 3, 3, c), from ``framed`` (n, 2 ph + 2, 2 pw + 2, c)
-    (see :meth:`ConvReLUPool2D._framed_input`).  No copy: the strides step
+    shape (2, 2, n, ph, pw, 3, 3, c), from ``framed`` (n, rows, columns, c),
+    the padded input (see :meth:`Conv2D._pad`), with ``ph = (rows - 2) // 2``
+    (an odd side's last pooled row is dropped).  No copy: the strides step
     through ``framed``'s own."""
     n, rows, columns, c = framed.shape
     s_n, s_y, s_x, s_c = framed.strides

@@ -106,17 +106,18 @@ class Layer(ABC):
         """Write parameter gradients from d loss / d output; return d loss / d X."""
 
     def _ones(self, n):
-        ones = self._buffers.get("ones")
-        if ones is None or ones.shape[0] != n:
-            ones = self._buffers["ones"] = np.ones(n, dtype=self.dtype)
-        return ones
+        return self._buffer("ones", (n,), fill=1)
 
-    def _buffer(self, key, shape, dtype=None):
+    def _buffer(self, key, shape, dtype=None, fill=None):
         # Reused between batches of one size; only used in training mode.
-        # ``dtype`` defaults to the layer's compute dtype.
+        # ``dtype`` defaults to the layer's compute dtype.  ``fill``: the
+        # value a new buffer starts with, for what no pass overwrites (a
+        # zero frame, a column of 1s), written once per buffer.
         buf = self._buffers.get(key)
         if buf is None or buf.shape != shape:
             buf = self._buffers[key] = np.empty(shape, dtype=dtype or self.dtype)
+            if fill is not None:
+                buf.fill(fill)
         return buf
 
 
