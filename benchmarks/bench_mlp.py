@@ -11,11 +11,20 @@ accuracy on the 10,000 test digits.
     python benchmarks/bench_mlp.py --repeats 1      # one timing per contender
     python benchmarks/bench_mlp.py --hidden 512 --batch-sizes 128 --no-sklearn
                                                     # a wide MLP against PyTorch
+    python benchmarks/bench_mlp.py --hidden 800 --batch-sizes 200 --batch-norm --one-thread
+                                                    # batch norm (no scikit-learn peer);
+                                                    # skdigits on one core as well
 
 The contenders take turns, ``--repeats`` times (default 3): this VM's speed
 drifts by up to 1.5x within minutes, so each contender's s/epoch is the
 median of its turns (the spread is printed too) and its predict_proba time
 the best of five calls per turn.
+
+``--batch-norm`` normalises the hidden layer's pre-activations on both
+sides (skdigits' ``batch_norm=True``; PyTorch's ``BatchNorm1d`` between the
+Linear layer and the ReLU, the same momentum and epsilon); scikit-learn has
+no batch norm, so it sits out.  ``--one-thread`` adds skdigits fitted under
+``threadpool_limits(1)``: the same bits on one core.
 
 Prints s/epoch, predict_proba time, test accuracy, peak traced memory during
 fit, the ratios to scikit-learn (and PyTorch), and the share of the GEMM floor
@@ -30,6 +39,7 @@ import warnings
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
+from threadpoolctl import threadpool_limits
 
 from _common import load_average, load_mnist, machine, peak_traced_mib, sgemm_gflops, timed
 from skdigits import NumpyMLPClassifier
@@ -41,11 +51,29 @@ def params(epochs, batch_size, hidden=128):
                 max_iter=epochs, tol=0.0, n_iter_no_change=epochs + 1, random_state=0)
 
 
+class OneThread:
+    """An estimator fitted and used under ``threadpool_limits(1)``: skdigits
+    then runs its two halves of the work one after the other."""
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    def fit(self, X, y):
+        with threadpool_limits(1):
+            self.estimator.fit(X, y)
+        return self
+
+    def predict_proba(self, X):
+        with threadpool_limits(1):
+            return self.estimator.predict_proba(X)
+
+
 class TorchMLP:
     """The same network and optimizer in PyTorch eager mode, for reference."""
 
-    def __init__(self, epochs, batch_size, hidden=128):
+    def __init__(self, epochs, batch_size, hidden=128, batch_norm=False):
         self.epochs, self.batch_size, self.hidden = epochs, batch_size, hidden
+        self.batch_norm = batch_norm
 
     def fit(self, X, y):
         import torch
@@ -53,8 +81,9 @@ class TorchMLP:
         torch.manual_seed(0)
         Xt = torch.from_numpy(X.astype(np.float32))
         yt = torch.from_numpy(y.astype(np.int64))
+        normalise = [torch.nn.BatchNorm1d(self.hidden)] if self.batch_norm else []
         self.model = torch.nn.Sequential(torch.nn.Linear(X.shape[1], self.hidden),
-                                         torch.nn.ReLU(),
+                                         *normalise, torch.nn.ReLU(),
                                          torch.nn.Linear(self.hidden, int(y.max()) + 1))
         # Adam's weight_decay adds decay * w to the gradient. scikit-learn adds
         # alpha * w / (rows in the batch), to the weights only, not the biases.
@@ -76,6 +105,7 @@ class TorchMLP:
     def predict_proba(self, X):
         import torch
 
+        self.model.eval()
         with torch.no_grad():
             return torch.softmax(self.model(torch.from_numpy(X.astype(np.float32))), 1).numpy()
 
@@ -134,16 +164,23 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-sklearn", action="store_true",
                         help="skip scikit-learn (slow on wide networks); ratios to PyTorch only")
+    parser.add_argument("--batch-norm", action="store_true",
+                        help="batch norm on the hidden layer (skdigits and PyTorch only)")
+    parser.add_argument("--one-thread", action="store_true",
+                        help="also skdigits under threadpool_limits(1)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed turns per contender, taken in rotation (default 3)")
     args = parser.parse_args(argv)
+    if args.batch_norm:
+        args.no_sklearn = True  # scikit-learn's MLP has no batch norm
 
     X, y, X_test, y_test, description = load_mnist(args.data)
     print(f"# bench_mlp  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# machine: {machine()}")
     print(f"# {load_average()} at the start")
     print(f"# data: {description}; train {X.shape}, test {X_test.shape}; {args.epochs} epochs; "
-          f"{args.repeats} turns per contender; 784-{args.hidden}-10")
+          f"{args.repeats} turns per contender; 784-{args.hidden}-10"
+          f"{' with batch norm' if args.batch_norm else ''}")
     gflops = sgemm_gflops()
     # Forward and weight-gradient products for both layers, input-gradient
     # product for the output layer only (nothing needs d loss / d X).
@@ -154,22 +191,25 @@ def main(argv=None):
     use_torch = torch_available() and not args.no_torch
 
     for batch in args.batch_sizes:
-        p = params(args.epochs, batch, args.hidden)
+        p = dict(params(args.epochs, batch, args.hidden), batch_norm=args.batch_norm)
         contenders = [("skdigits", lambda: NumpyMLPClassifier(**p))]
+        if args.one_thread:
+            contenders.append(("skdigits 1 thread", lambda: OneThread(NumpyMLPClassifier(**p))))
         if not args.no_sklearn:
             contenders.append(("sklearn", lambda: MLPClassifier(**p)))
         if use_torch:
-            contenders.append(("pytorch", lambda: TorchMLP(args.epochs, batch, args.hidden)))
+            contenders.append(("pytorch", lambda: TorchMLP(args.epochs, batch, args.hidden,
+                                                           args.batch_norm)))
         turns = {name: [] for name, _ in contenders}
         for turn in range(args.repeats):
             for name, make in contenders:
                 warm_up = make() if turn == 0 else None
                 turns[name].append(run(name, make(), X, y, X_test, y_test, args.epochs, warm_up))
         results = [median_of_turns(turns[name]) for name, _ in contenders]
-        mem_epoch = params(1, batch, args.hidden)
+        mem_epoch = dict(params(1, batch, args.hidden), batch_norm=args.batch_norm)
         mems = {"skdigits": memory(lambda: NumpyMLPClassifier(**mem_epoch), X, y)}
         if not args.no_sklearn:
-            mems["sklearn"] = memory(lambda: MLPClassifier(**mem_epoch), X, y)
+            mems["sklearn"] = memory(lambda: MLPClassifier(**params(1, batch, args.hidden)), X, y)
         ref = {r["name"]: r for r in results}
         print(f"\n## batch {batch}")
         print(f"| model | s/epoch (median) | min-max | x sklearn | x pytorch | predict_proba s "
