@@ -2,6 +2,7 @@
 initial weights (its logits equal ours) and skdigits' batch order (as a real
 fit gathers it), and the checks that guard both catch the likely mistakes."""
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -40,19 +41,23 @@ def digits28(digits):
     return images.reshape(len(X), 784).astype(np.float32), y
 
 
-def small_recipe(bench, seed=0):
+def small_recipe(bench, seed=0, batch_norm=False):
     """The benchmark's recipes with a small MLP, so that the tests run fast."""
-    return bench.Recipe(target=2.0, batch_size=32, max_epochs=2, hidden=64, seed=seed)
+    return bench.Recipe(target=2.0, batch_size=32, max_epochs=2, hidden=64, seed=seed,
+                        batch_norm=batch_norm)
 
 
-def recipe_for(bench, name, seed=0):
-    return small_recipe(bench, seed) if name == "mlp" else bench.RECIPES["cnn"]
+def recipe_for(bench, name, seed=0, batch_norm=False):
+    if name == "mlp":
+        return small_recipe(bench, seed, batch_norm)
+    return dataclasses.replace(bench.RECIPES["cnn"], batch_norm=batch_norm)
 
 
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch-norm"])
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
-def test_copied_torch_network_gives_our_logits(bench, digits28, name):
+def test_copied_torch_network_gives_our_logits(bench, digits28, name, batch_norm):
     X, _ = digits28
-    recipe = recipe_for(bench, name, seed=3)
+    recipe = recipe_for(bench, name, seed=3, batch_norm=batch_norm)
     network, _ = bench.our_initial_network(recipe, name, 784)
     model = bench.torch_network(recipe, name)
     bench.copy_our_parameters(network, model)
@@ -121,13 +126,15 @@ def test_start_check_catches_a_missing_dropout_seed(bench, digits28, monkeypatch
         bench.check_our_start(bench.RECIPES["cnn"], "cnn", X, y)
 
 
-def test_same_start_follows_our_trajectory(bench, digits28):
-    """With the MLP (no dropout) both libraries take the same path: after
-    each of two epochs the test accuracies agree to a digit or two, while
-    PyTorch's own start gives a visibly different curve."""
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch-norm"])
+def test_same_start_follows_our_trajectory(bench, digits28, batch_norm):
+    """With the MLP (no dropout), with or without batch norm, both libraries
+    take the same path: after each of two epochs the test accuracies agree
+    to a digit or two, while PyTorch's own start gives a visibly different
+    curve."""
     X, y = digits28
     X_train, y_train, X_test, y_test = X[:600], y[:600], X[600:1200], y[600:1200]
-    recipe = small_recipe(bench)
+    recipe = small_recipe(bench, batch_norm=batch_norm)
     args = (recipe, "mlp", X_train, y_train, X_test, y_test, 2, None)
     ours = [accuracy for _, accuracy in bench.time_ours(*args)]
     shared = [accuracy for _, accuracy in bench.time_torch(*args, same_start=True)]
