@@ -5,6 +5,8 @@ floor, peak memory and test accuracy.
     python benchmarks/bench_cnn.py                          # accuracy fit + 3 timing turns
     python benchmarks/bench_cnn.py --epochs 0 --turns 5     # timing turns only
     python benchmarks/bench_cnn.py --rows 6000 --epochs 2   # quick look
+    python benchmarks/bench_cnn.py --epochs 0 --batch-norm --one-thread
+                                                            # with batch norm; ours on one core too
 
 Architecture (the estimator's defaults): conv 3x3 32 'same' -> ReLU ->
 maxpool 2 -> conv 3x3 64 'same' -> ReLU -> maxpool 2 -> dropout 0.25 ->
@@ -24,6 +26,11 @@ turn, one after the other:
 - the floor: the matrix products of the direct convolution and the dense
   layers alone, for the same batches, computed the way skdigits computes
   them (two row shards of 32 on two threads, one BLAS thread each).
+
+``--batch-norm`` puts batch norm after every convolution and the hidden
+dense layer, before the ReLU, on both sides (``batch_norm=True``;
+``BatchNorm2d``/``BatchNorm1d``).  ``--one-thread`` adds ours under
+``threadpool_limits(1)``, its shards taking turns on one core.
 
 All s/epoch figures are per 60,000 images.  ``--threads 1`` puts every
 contender on one core (ours computes its shards one after the other, PyTorch
@@ -71,34 +78,41 @@ def fit_quietly(clf, X, y):
         return clf.fit(X, y)
 
 
-def ours_epoch_seconds(X, y, direct=False):
+def ours_epoch_seconds(X, y, direct=False, batch_norm=False):
     """Seconds per 60,000 images of one training epoch on the rows of X."""
     with direct_convolutions() if direct else contextlib.nullcontext():
-        clf = fit_quietly(NumpyCNNClassifier(max_iter=1, random_state=0), X, y)
+        clf = fit_quietly(NumpyCNNClassifier(max_iter=1, random_state=0, batch_norm=batch_norm),
+                          X, y)
     algorithms = {layer.algorithm_ for layer in clf._network.layers if isinstance(layer, Conv2D)}
     assert ("winograd" in algorithms) != direct, algorithms
     return clf._history.epoch_seconds[0] * EPOCH_IMAGES / len(X)
 
 
-def ours_peak_mib(X, y, direct=False):
+def ours_peak_mib(X, y, direct=False, batch_norm=False):
     with direct_convolutions() if direct else contextlib.nullcontext(), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return peak_traced_mib(NumpyCNNClassifier(max_iter=1, random_state=0).fit, X, y)
+        clf = NumpyCNNClassifier(max_iter=1, random_state=0, batch_norm=batch_norm)
+        return peak_traced_mib(clf.fit, X, y)
 
 
 # ------------------------------------------------------------------- PyTorch
-def torch_model():
+def torch_model(batch_norm=False):
     """The same network in PyTorch, with dropout where NumpyCNNClassifier's
-    defaults have it, and its optimizer with the same L2 penalty."""
+    defaults have it (and batch norm before each hidden ReLU with
+    ``batch_norm``), and its optimizer with the same L2 penalty."""
     import torch
+    from torch import nn
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Dropout(0.25), torch.nn.Linear(7 * 7 * 64, 128),
-        torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(128, 10))
+
+    def relu(norm, units):
+        return [norm(units), nn.ReLU()] if batch_norm else [nn.ReLU()]
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), *relu(nn.BatchNorm2d, 32), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), *relu(nn.BatchNorm2d, 64), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.25), nn.Linear(7 * 7 * 64, 128),
+        *relu(nn.BatchNorm1d, 128), nn.Dropout(0.5), nn.Linear(128, 10))
     # skdigits adds alpha * W / (rows in the batch) to the weights' gradients only.
     weights = [p for p in model.parameters() if p.ndim > 1]
     biases = [p for p in model.parameters() if p.ndim == 1]
@@ -107,7 +121,7 @@ def torch_model():
     return model, optimizer
 
 
-def torch_epoch_seconds(X, y, batches, warm_up=10):
+def torch_epoch_seconds(X, y, batches, warm_up=10, batch_norm=False):
     """Seconds per 60,000 images of the same network in PyTorch (eager, CPU).
 
     ``batches`` full batches of 64 are timed after ``warm_up`` untimed ones;
@@ -119,7 +133,7 @@ def torch_epoch_seconds(X, y, batches, warm_up=10):
     needed = (warm_up + batches) * BATCH
     if len(X) < needed:
         raise ValueError(f"timing {batches} PyTorch batches needs {needed} rows, got {len(X)}")
-    model, optimizer = torch_model()
+    model, optimizer = torch_model(batch_norm)
     loss_fn = torch.nn.CrossEntropyLoss()
     Xt = torch.from_numpy(X[:needed].reshape(-1, 1, 28, 28).astype(np.float32))
     yt = torch.from_numpy(y[:needed].astype(np.int64))
@@ -201,6 +215,10 @@ def main(argv=None):
     parser.add_argument("--torch-batches", type=int, default=150)
     parser.add_argument("--threads", type=int, choices=(1, 2), default=2,
                         help="cores per contender in the timing turns (default 2)")
+    parser.add_argument("--batch-norm", action="store_true",
+                        help="batch norm before every hidden ReLU, both sides")
+    parser.add_argument("--one-thread", action="store_true",
+                        help="also time ours under threadpool_limits(1)")
     args = parser.parse_args(argv)
     X_all, y_all, X_test, y_test, description = load_mnist(args.data)
     X, y = (X_all[:args.rows], y_all[:args.rows]) if args.rows else (X_all, y_all)
@@ -209,10 +227,13 @@ def main(argv=None):
     print(f"# machine: {machine()}")
     print(f"# {load_average()} at the start")
     print(f"# data: {description}; accuracy fit on {X.shape}, timed epochs on "
-          f"{X_time.shape}, test {X_test.shape}")
+          f"{X_time.shape}, test {X_test.shape}"
+          f"{'; batch norm on both sides' if args.batch_norm else ''}")
+    bn = args.batch_norm
 
     if args.epochs != 0:
-        params = {"random_state": 0} | ({"max_iter": args.epochs} if args.epochs else {})
+        params = {"random_state": 0, "batch_norm": bn} | (
+            {"max_iter": args.epochs} if args.epochs else {})
         clf = fit_quietly(NumpyCNNClassifier(**params), X, y)
         accuracy = clf.score(X_test, y_test)
         fit_epoch = np.median(clf._history.epoch_seconds) * EPOCH_IMAGES / len(X)
@@ -236,13 +257,20 @@ def main(argv=None):
         return threadpool_limits(1) if args.threads == 1 else contextlib.nullcontext()
     print(f"# timing turns: {args.threads} core(s) per contender")
     times = {"ours": [], "ours, direct": [], "pytorch": [], "floor": []}
+    if args.one_thread:
+        times["ours, one core"] = []
     for turn in range(args.turns):
         with ours_limit():
-            times["ours"].append(ours_epoch_seconds(X_time, y_time))
-            times["ours, direct"].append(ours_epoch_seconds(X_time, y_time, direct=True))
+            times["ours"].append(ours_epoch_seconds(X_time, y_time, batch_norm=bn))
+            times["ours, direct"].append(ours_epoch_seconds(X_time, y_time, direct=True,
+                                                           batch_norm=bn))
+        if args.one_thread:
+            with threadpool_limits(1):
+                times["ours, one core"].append(ours_epoch_seconds(X_time, y_time, batch_norm=bn))
         if torch_info:
             try:
-                times["pytorch"].append(torch_epoch_seconds(X_all, y_all, args.torch_batches))
+                times["pytorch"].append(torch_epoch_seconds(X_all, y_all, args.torch_batches,
+                                                            batch_norm=bn))
             except ValueError as exc:  # e.g. the small fallback data set without MNIST
                 print(f"# PyTorch not timed: {exc}")
                 torch_info = None
@@ -250,8 +278,8 @@ def main(argv=None):
         print(f"# turn {turn + 1}: " + ", ".join(f"{name} {values[-1]:.2f}"
                                                  for name, values in times.items() if values))
     median = {name: float(np.median(values)) for name, values in times.items() if values}
-    peaks = {"ours": ours_peak_mib(X_time, y_time),
-             "ours, direct": ours_peak_mib(X_time, y_time, direct=True)}
+    peaks = {"ours": ours_peak_mib(X_time, y_time, batch_norm=bn),
+             "ours, direct": ours_peak_mib(X_time, y_time, direct=True, batch_norm=bn)}
 
     print(f"# direct-convolution products: {floor_gflop(network):.0f} GFLOP per epoch; "
           f"{torch_info or 'PyTorch not installed'}")
@@ -260,6 +288,7 @@ def main(argv=None):
     print("| --- | --- | --- | --- | --- | --- | --- |")
     labels = {"ours": "skdigits (algorithm='auto': Winograd conv 2)",
               "ours, direct": "skdigits, direct convolutions", "pytorch": "pytorch eager, same net",
+              "ours, one core": "skdigits (auto) on one core, shards taking turns",
               "floor": "direct-conv + dense products alone (floor)"}
     for name, seconds in median.items():
         ratio = f"{seconds / median['pytorch']:.2f}" if "pytorch" in median else "-"

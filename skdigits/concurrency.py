@@ -5,7 +5,9 @@ is used here, in three ways that never change a result, only when it is
 ready:
 
 - :class:`DataParallel`: a large mini-batch's loss and gradient as the sum
-  over two fixed row shards, the second on a helper thread;
+  over two fixed row shards, the second on a helper thread (the shards of
+  a network with batch norm meet at each of its statistics,
+  :class:`ShardSums`);
 - :func:`prefetched`: the next mini-batch gathered on a helper thread while
   this one computes;
 - :func:`predict_in_chunks`: prediction in fixed-size padded chunks, the
@@ -25,11 +27,13 @@ import ctypes
 import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
+
+from .nn import Shard
 
 #: Batches of at least this many multiply-adds (rows x forward multiply-adds
 #: per sample) are computed as two shards.  Handing a shard to the second
@@ -143,7 +147,13 @@ class DataParallel:
     the gradients of two halves, each computed by its own copy of the
     network's per-batch state (:meth:`~skdigits.nn.Network.replica`).
     Whether a batch is split depends only on its size, the network's work
-    per sample and whether its layers treat rows independently.
+    per sample and whether its layers allow it
+    (:attr:`~skdigits.nn.Network.shardable`).
+
+    Where a layer's statistics span the batch (batch norm), the two shards
+    add them up as they go (:class:`ShardSums`), so each needs a thread of
+    its own: with ``concurrent=False`` the second shard still runs on a
+    helper thread, but the two take turns and never compute at once.
 
     Parameters
     ----------
@@ -163,6 +173,9 @@ class DataParallel:
         self._work_per_row = network.multiply_adds_per_sample
         self._twin = None
         self._executor = None
+        # Shards that meet need two threads even when they take turns.
+        self._meets = not network.rows_independent
+        self._turn_taker = None
 
     def __enter__(self):
         if self.concurrent:
@@ -171,17 +184,18 @@ class DataParallel:
         return self
 
     def __exit__(self, *exc):
-        if self._executor is not None:
-            # Waits for a shard still in flight (e.g. after a second Ctrl-C)
-            # so nothing computes on parameters the caller is restoring.
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for executor in (self._executor, self._turn_taker):
+            if executor is not None:
+                # Waits for a shard still in flight (e.g. after a second
+                # Ctrl-C) so nothing computes on parameters being restored.
+                executor.shutdown(wait=True)
+        self._executor = self._turn_taker = None
         return False
 
     def splits(self, n_rows):
         """Whether a batch of ``n_rows`` is computed as two shards."""
         return (n_rows >= 2 and n_rows * self._work_per_row >= SHARD_MIN_MULTIPLY_ADDS
-                and self.network.rows_independent)
+                and self.network.shardable)
 
     def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None, step=0):
         """As :meth:`Network.loss_and_gradient`, over two shards when the batch is large."""
@@ -259,6 +273,9 @@ class DataParallel:
         # Both shards draw at the step the whole batch would have.
         first_args = (X[:half], Y[:half], w_first, weight_sum, step)
         second_args = (X[half:], Y[half:], w_second, weight_sum, step)
+        if self._meets:
+            batch_weight = n if weights is None else float(np.sum(weights))
+            return self._meeting_shards(first_args, second_args, n, batch_weight), twin
         if self._executor is not None:
             second = self._executor.submit(twin.data_loss_and_gradient, *second_args)
             loss = network.data_loss_and_gradient(*first_args)
@@ -267,6 +284,31 @@ class DataParallel:
             loss = network.data_loss_and_gradient(*first_args)
             loss += twin.data_loss_and_gradient(*second_args)
         return loss, twin
+
+    def _meeting_shards(self, first_args, second_args, samples, batch_weight):
+        """The two shards' data losses, added, for a network whose shards
+        meet at their statistics (:class:`ShardSums`); the second on the
+        helper thread, at the same time or taking turns."""
+        helper = self._executor
+        if helper is None:
+            if self._turn_taker is None:
+                self._turn_taker = ThreadPoolExecutor(max_workers=1,
+                                                      thread_name_prefix="skdigits-shard")
+            helper = self._turn_taker
+        sums = ShardSums(take_turns=self._executor is None)
+        first = sums.shard(0, samples, batch_weight)
+        second = sums.shard(1, samples, batch_weight)
+        pending = helper.submit(sums.run, 1, self._twin.data_loss_and_gradient,
+                                *second_args, shard=second)
+        try:
+            loss = sums.run(0, self.network.data_loss_and_gradient, *first_args, shard=first)
+        except ShardFailed:
+            pending.result()  # the helper's own error
+            raise
+        except BaseException:
+            wait([pending])  # it stops at its next meeting
+            raise
+        return loss + pending.result()
 
     def _elementwise(self, apply, n):
         """``apply(part)`` over ``slice(0, n)``: as two halves on two threads
@@ -284,6 +326,77 @@ class DataParallel:
         if self._twin is None:
             self._twin = self.network.replica()
         return self._twin
+
+
+class ShardFailed(RuntimeError):
+    """The other row shard of a batch failed before the two could meet."""
+
+
+class ShardSums:
+    """Where the two row shards of a batch meet to add up their statistics.
+
+    Each shard, computing on its own thread (shard 0 on the caller's),
+    hands in a per-channel partial sum at each meeting and gets back
+    ``first + second``, the same bits on both threads.  With
+    ``take_turns`` the two threads never compute at the same time: a shard
+    computes only while it holds the turn, and passes it on while it waits
+    at a meeting (for a BLAS setting of one thread, e.g. a joblib worker).
+    A shard that fails releases the other from its meeting with
+    :class:`ShardFailed`.
+    """
+
+    def __init__(self, take_turns=False):
+        self._meeting = threading.Condition()
+        self._partials = ([], [])
+        self._failed = False
+        self._turn = threading.Lock() if take_turns else None
+        self._holds_turn = [False, False]
+
+    def shard(self, index, samples, weight_sum):
+        """The :class:`~skdigits.nn.Shard` of shard ``index`` (0 or 1)."""
+        return Shard(total=functools.partial(self.total, index), samples=samples,
+                     weight_sum=weight_sum, keeps_state=index == 0)
+
+    def run(self, index, compute, *args, **kwargs):
+        """``compute(*args, **kwargs)`` as shard ``index``, holding the turn."""
+        self._take_turn(index)
+        try:
+            return compute(*args, **kwargs)
+        except BaseException:
+            with self._meeting:
+                self._failed = True
+                self._meeting.notify_all()
+            raise
+        finally:
+            self._pass_turn(index)
+
+    def total(self, index, partial):
+        """The sum of shard ``index``'s ``partial`` and the other shard's
+        partial from the same meeting, once both are in."""
+        with self._meeting:
+            mine, theirs = self._partials[index], self._partials[1 - index]
+            meeting = len(mine)
+            mine.append(partial.copy())
+            self._meeting.notify_all()
+            self._pass_turn(index)
+            while len(theirs) <= meeting and not self._failed:
+                self._meeting.wait()
+            failed = self._failed
+        self._take_turn(index)
+        if failed:
+            raise ShardFailed("the other row shard of this batch failed")
+        return self._partials[0][meeting] + self._partials[1][meeting]
+
+    def _take_turn(self, index):
+        if self._turn is not None:
+            self._turn.acquire()
+            self._holds_turn[index] = True
+
+    def _pass_turn(self, index):
+        # Not held after an interruption while waiting at a meeting.
+        if self._turn is not None and self._holds_turn[index]:
+            self._holds_turn[index] = False
+            self._turn.release()
 
 
 # ------------------------------------------------------------------ prefetch

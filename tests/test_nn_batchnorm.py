@@ -374,13 +374,18 @@ def test_network_inference_matches_the_formula():
 
 
 # ------------------------------------------------------------ row coupling
-def test_batchnorm_couples_rows_so_networks_are_never_sharded():
+def test_batchnorm_couples_rows_but_sums_across_shards():
+    """Batch norm's rows are not independent, but its statistics add up over
+    row shards, so its networks still shard (tests/test_nn_parallel.py
+    checks the sums)."""
     assert BatchNorm.rows_independent is False and Activation.rows_independent is True
+    assert BatchNorm.sums_across_shards is True and Dense.sums_across_shards is False
     net, _ = trained_bn_network()
-    assert net.rows_independent is False
-    assert not DataParallel(net, concurrent=False).splits(10**7)
+    assert net.rows_independent is False and net.shardable is True
+    assert DataParallel(net, concurrent=False).splits(10**7)
     plain = Network([Dense(6, "identity"), Activation("relu"), Dense(3)], "softmax", "float64")
     plain.build((4,), np.random.RandomState(0))
+    assert plain.rows_independent and plain.shardable
     assert DataParallel(plain, concurrent=False).splits(10**7)
 
 

@@ -1,14 +1,15 @@
 """Tests of :class:`skdigits.concurrency.DataParallel` and concurrent prediction.
 
 Sharding a batch in two must give the loss and gradient of the whole batch
-up to rounding, and running the second shard on a helper thread must not
-change a single bit.  ``SHARD_MIN_MULTIPLY_ADDS`` is patched down so that
+up to rounding (with batch norm too, whose shards add up their statistics),
+and running the second shard on a helper thread must not change a single bit.  ``SHARD_MIN_MULTIPLY_ADDS`` is patched down so that
 tiny networks and batches shard and the file stays fast.
 """
 
 import copy
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 
 import skdigits.concurrency
 from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
-from skdigits.concurrency import DataParallel, predict_in_chunks
-from skdigits.nn import SGD, Adam, Dense, Dropout, Network
+from skdigits.concurrency import DataParallel, ShardFailed, ShardSums, predict_in_chunks
+from skdigits.nn import SGD, Activation, Adam, BatchNorm, Dense, Dropout, Network
 from skdigits.nn.conv import Conv2D, Flatten, MaxPool2D
 from skdigits.nn.losses import LOSSES
 
@@ -573,3 +574,201 @@ def test_train_step_refused_changes_nothing(always_shard, monkeypatch, concurren
     assert loss > reference.loss_and_gradient(X, Y, w, 0.0)  # the penalty is in it
     for now, then in zip((network.params, opt.m, opt.v, opt.t), before):
         assert np.array_equal(now, then)
+
+
+# ------------------------------------------- 10. batch norm: shards that meet
+def mlp_batch_norm(dtype="float64", dropout=0.0, seed=0, n_in=10, n_out=3):
+    """Dense -> BatchNorm -> activation, twice."""
+    layers = [Dense(16), BatchNorm(), Activation("relu")]
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers += [Dense(12), BatchNorm(), Activation("tanh"), Dense(n_out)]
+    return Network(layers, "softmax", dtype).build((n_in,), np.random.RandomState(seed), seed=seed)
+
+
+def convnet_batch_norm(dtype="float64", dropout=0.0, seed=0, n_out=3):
+    """Conv2D -> BatchNorm -> ReLU -> pool, then a dense layer with batch norm."""
+    layers = [Conv2D(4, 3, padding="same", activation="identity"), BatchNorm(),
+              Activation("relu"), MaxPool2D(2), Flatten()]
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers += [Dense(8), BatchNorm(), Activation("relu"), Dense(n_out)]
+    return Network(layers, "softmax", dtype).build((6, 6, 2), np.random.RandomState(seed),
+                                                   seed=seed)
+
+
+BATCH_NORM_NETWORKS = {"mlp-batch-norm": mlp_batch_norm, "conv-batch-norm": convnet_batch_norm}
+
+
+def running_statistics(network):
+    return [array for layer in network.layers for array in layer.state_arrays()]
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+@pytest.mark.parametrize("weights", [None, "positive", "zero-shard"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", sorted(BATCH_NORM_NETWORKS))
+def test_batch_norm_shards_match_whole_batch(always_shard, kind, dtype, weights, concurrent):
+    """With batch norm the shards add up their statistics: loss, gradient
+    and running statistics are the whole batch's to rounding, with odd
+    batch sizes (unequal shards, a one-row shard), sample weights, and a
+    shard whose weights are all 0; the running statistics move once."""
+    network = BATCH_NORM_NETWORKS[kind](dtype, dropout=0.5, seed=6)
+    reference = copy.deepcopy(network)
+    rtol = TOLERANCE[dtype]
+    with DataParallel(network, concurrent) as parallel:
+        for i, (n, seed) in enumerate([(7, 1), (3, 2), (13, 3)]):
+            assert parallel.splits(n)
+            X, Y, w = batch(network, n, seed, weights=weights is not None)
+            if weights == "zero-shard":
+                w[: n // 2] = 0.0
+            loss = parallel.loss_and_gradient(X, Y, w, alpha=0.1, step=i)
+            expected = reference.loss_and_gradient(X, Y, w, alpha=0.1, step=i)
+            assert np.isfinite(loss)
+            assert_close(loss, expected, rtol)
+            assert_close(network.grads, reference.grads, rtol)
+            for ours, theirs in zip(running_statistics(network), running_statistics(reference)):
+                assert_close(ours, theirs, rtol)
+        assert parallel._twin is not None  # the sharded path really ran
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", sorted(BATCH_NORM_NETWORKS))
+def test_batch_norm_shards_at_once_or_in_turns_bit_for_bit(always_shard, kind, dtype):
+    """Shards computing at once (concurrent) and taking turns give the same
+    bits: losses, parameters, optimizer state and running statistics over
+    training steps on batches of changing sizes, with dropout."""
+    first = BATCH_NORM_NETWORKS[kind](dtype, dropout=0.5, seed=8)
+    second = copy.deepcopy(first)
+    first_opt, second_opt = Adam(first.params, 1e-2), Adam(second.params, 1e-2)
+    with DataParallel(first, concurrent=True) as at_once, \
+            DataParallel(second, concurrent=False) as in_turns:
+        for i, n in enumerate([7, 8, 7, 5, 16, 3, 7, 11]):
+            X, Y, w = batch(first, n, seed=170 + i, weights=i % 2 == 1)
+            loss_a, _ = at_once.train_step(X, Y, w, 0.01, i, first_opt, lambda loss: True)
+            loss_b, _ = in_turns.train_step(X, Y, w, 0.01, i, second_opt, lambda loss: True)
+            assert loss_a == loss_b
+    for ours, theirs in zip(first.state_arrays() + [first_opt.m, first_opt.v],
+                            second.state_arrays() + [second_opt.m, second_opt.v]):
+        assert np.array_equal(ours, theirs)
+
+
+def computing_threads(monkeypatch):
+    """Record, for each Dense forward pass in training, its thread and how
+    many such passes were running at that moment (a pause widens the window)."""
+    seen, running, lock = [], [0], threading.Lock()
+    original = Dense.forward
+
+    def recording(self, X, training=False, batch=None):
+        if not training:
+            return original(self, X, training, batch)
+        with lock:
+            running[0] += 1
+            seen.append((threading.current_thread().name, running[0]))
+        try:
+            threading.Event().wait(0.002)
+            return original(self, X, training, batch)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(Dense, "forward", recording)
+    return seen
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_batch_norm_shards_take_turns_unless_concurrent(always_shard, monkeypatch, concurrent):
+    """The second shard runs on the helper thread either way; with
+    concurrent=False (one BLAS thread allowed) the two never compute at
+    the same time, with concurrent=True they do; the thread is joined on exit."""
+    network = mlp_batch_norm(seed=9)
+    seen = computing_threads(monkeypatch)
+    with DataParallel(network, concurrent) as parallel:
+        for seed in range(4):
+            parallel.loss_and_gradient(*batch(network, 9, seed=seed)[:2])
+    main = threading.current_thread().name
+    names = {name for name, _ in seen}
+    assert main in names and any(name.startswith("skdigits-shard") for name in names)
+    assert max(count for _, count in seen) == (2 if concurrent else 1)
+    assert not live_threads("skdigits-shard")
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+@pytest.mark.parametrize("bad_shard", [0, 1])
+def test_a_failing_batch_norm_shard_releases_the_other(always_shard, concurrent, bad_shard):
+    """A shard that raises before a meeting (a negative sample weight in its
+    half) must not leave the other waiting: the caller gets the failing
+    shard's own error, and the helper thread is joined."""
+    network = mlp_batch_norm(seed=10)
+    X, Y, w = batch(network, 8, seed=11, weights=True)
+    w[2 if bad_shard == 0 else 6] = -1.0
+    outcome = []
+
+    def fit_one_batch():
+        try:
+            with DataParallel(network, concurrent) as parallel:
+                parallel.loss_and_gradient(X, Y, w)
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            outcome.append(error)
+
+    caller = threading.Thread(target=fit_one_batch)
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive(), "a shard was left waiting at a meeting"
+    [error] = outcome
+    assert isinstance(error, ValueError) and "finite and >= 0" in str(error)
+    assert not live_threads("skdigits-shard")
+
+
+def test_shard_sums_meet_in_order_and_release_on_failure():
+    """ShardSums: at each meeting both shards get first + second; a failure
+    on one side releases the other with ShardFailed."""
+    sums = ShardSums()
+    got = {}
+
+    def shard(index, values):
+        totals = [sums.total(index, np.array(v, dtype=np.float32)) for v in values]
+        got[index] = totals
+
+    with ThreadPoolExecutor(1) as helper:
+        pending = helper.submit(sums.run, 1, shard, 1, [[0.25, 1.0], [3.0, 5.0]])
+        sums.run(0, shard, 0, [[0.5, 2.0], [4.0, 6.0]])
+        pending.result()
+    for index in (0, 1):
+        assert [t.tolist() for t in got[index]] == [[0.75, 3.0], [7.0, 11.0]]
+
+    failing = ShardSums(take_turns=True)
+    with ThreadPoolExecutor(1) as helper:
+        waiting = helper.submit(failing.run, 1, failing.total, 1, np.ones(2))
+        with pytest.raises(KeyError):
+            failing.run(0, lambda: {}["boom"])
+        with pytest.raises(ShardFailed):
+            waiting.result(timeout=30)
+
+
+BATCH_NORM_ESTIMATORS = {
+    "mlp": lambda: NumpyMLPClassifier(hidden_layer_sizes=(32,), batch_norm=True, dropout=0.2,
+                                      max_iter=3, random_state=0, dtype="float32"),
+    "cnn": lambda: NumpyCNNClassifier(conv_filters=(4,), hidden_layer_sizes=(8,),
+                                      batch_norm=True, max_iter=2, random_state=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_NORM_ESTIMATORS))
+def test_batch_norm_fit_independent_of_blas_threads(always_shard, monkeypatch, name):
+    """A batch-norm network's fit is bit-identical whether its shards
+    compute at once (2 BLAS threads allowed) or take turns (1): weights,
+    running statistics, loss curve and probabilities."""
+    rng = np.random.RandomState(0)
+    X = rng.uniform(size=(300, 64)).astype(np.float32)
+    y = rng.randint(10, size=300)
+    make = BATCH_NORM_ESTIMATORS[name]
+    one, proba_one, calls_one = fit_under(1, make, X, y, monkeypatch)
+    two, proba_two, calls_two = fit_under(2, make, X, y, monkeypatch)
+    for calls in (calls_one, calls_two):  # sharded, the second shard on the helper
+        assert sum(name.startswith("skdigits-shard") for name, _ in calls) == len(calls) // 2 > 0
+    assert {blas for _, blas in calls_one + calls_two} == {1}
+    assert one.n_iter_ == two.n_iter_ and one.loss_curve_ == two.loss_curve_
+    for a, b in zip(one._network.state_arrays(), two._network.state_arrays()):
+        assert np.array_equal(a, b)
+    assert np.array_equal(proba_one, proba_two)

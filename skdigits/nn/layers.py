@@ -39,11 +39,41 @@ class Batch:
     weights : ndarray of shape (n,) or None
         Per-sample weights of the batch, for layers whose statistics span
         the batch.
+    shard : Shard or None
+        Set when these rows are one of two row shards of a larger batch.
     """
 
     step: int = 0
     row_keys: np.ndarray | None = None
     weights: np.ndarray | None = None
+    shard: "Shard | None" = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A training pass's rows as one of two row shards of a mini-batch, for
+    layers whose statistics span the whole mini-batch (BatchNorm).
+
+    Attributes
+    ----------
+    total : callable
+        ``total(partial) -> whole``: a per-channel sum over this shard's rows
+        in, the same sum over the whole batch out (this shard's plus the
+        other's, added in a fixed order, so both shards get the same bits).
+        Both shards call it the same number of times, in the same order.
+    samples : int
+        Samples in the whole batch.
+    weight_sum : float
+        Sum of the whole batch's sample weights (``samples`` without weights).
+    keeps_state : bool
+        Whether this shard updates state shared by both (running statistics):
+        true of exactly one of the two.
+    """
+
+    total: object
+    samples: int
+    weight_sum: float
+    keeps_state: bool
 
 
 class Layer(ABC):
@@ -57,6 +87,11 @@ class Layer(ABC):
     #: too.  Layers whose training statistics span the batch set it False:
     #: the network then never computes such a batch as separate row shards.
     rows_independent = True
+
+    #: For a layer whose statistics span the batch: whether it can still
+    #: train on row shards of a batch, adding up its statistics across the
+    #: shards through :attr:`Batch.shard` (see :class:`Shard`).
+    sums_across_shards = False
 
     def __getstate__(self):
         # Parameter views and batch caches are re-created by Network on load.

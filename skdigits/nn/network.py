@@ -143,21 +143,29 @@ class Network:
     # ------------------------------------------------------------ computation
     @property
     def rows_independent(self):
-        """Whether a training pass treats each sample on its own (so a batch
-        may be computed as separate row shards and summed)."""
+        """Whether a training pass treats each sample on its own."""
         return all(layer.rows_independent for layer in self.layers)
 
-    def forward(self, X, training=False, step=0, weights=None):
+    @property
+    def shardable(self):
+        """Whether a training batch may be computed as two row shards whose
+        losses and gradients add up to the batch's: every layer treats rows
+        independently or adds up its statistics across the shards."""
+        return all(layer.rows_independent or layer.sums_across_shards for layer in self.layers)
+
+    def forward(self, X, training=False, step=0, weights=None, shard=None):
         """Logits (n, n_outputs) for a dense batch X (n, *input_shape).
 
-        In training, ``step`` (steps taken so far) and the batch's sample
-        ``weights`` reach every layer in one :class:`~skdigits.nn.layers.Batch`.
+        In training, ``step`` (steps taken so far), the batch's sample
+        ``weights`` and, for a row shard of a larger batch, its
+        :class:`~skdigits.nn.layers.Shard` reach every layer in one
+        :class:`~skdigits.nn.layers.Batch`.
         """
         batch = None
         if training:
             # Dropout masks are keyed by each sample's input, not its position.
             keys = row_hashes(X, self._row_key_salts) if self._dropouts else None
-            batch = Batch(step=int(step), row_keys=keys, weights=weights)
+            batch = Batch(step=int(step), row_keys=keys, weights=weights, shard=shard)
         out = X
         for layer in self.layers:
             out = layer.forward(out, training=training, batch=batch)
@@ -181,14 +189,14 @@ class Network:
         loss = self.data_loss_and_gradient(X, Y, weights, weight_sum, step)
         return loss + self.add_penalty(alpha, weight_sum)
 
-    def data_loss_and_gradient(self, X, Y, weights, weight_sum, step=0):
+    def data_loss_and_gradient(self, X, Y, weights, weight_sum, step=0, shard=None):
         """The loss of (X, Y) summed over its rows and divided by ``weight_sum``,
         without the penalty; fills ``self.grads`` with its gradient.
 
-        When :attr:`rows_independent`, being a sum over rows, it can be
-        computed for row shards of a batch and added up.
+        When :attr:`shardable`, being a sum over rows, it can be computed for
+        row shards of a batch (each with its ``shard``) and added up.
         """
-        logits = self.forward(X, training=True, step=step, weights=weights)
+        logits = self.forward(X, training=True, step=step, weights=weights, shard=shard)
         d_logits = self.layers[-1]._buffer("d_logits", logits.shape)
         loss, d_logits = LOSSES[self.output](logits, Y, weights, d_logits, weight_sum)
         self.backward(d_logits)

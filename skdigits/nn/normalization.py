@@ -67,8 +67,13 @@ class BatchNorm(Layer):
     penalized by L2.
 
     The output of a training pass couples the samples of a batch, so the
-    layer sets ``rows_independent = False`` and a network never computes
-    its batches as separate row shards.
+    layer sets ``rows_independent = False``.  A batch may still be computed
+    as two row shards (``sums_across_shards``): each shard's layer adds its
+    per-channel sums (the mean, the variance, ``d beta`` and ``d gamma``) to
+    the other's through the batch's :class:`~skdigits.nn.layers.Shard`,
+    and ``p_r`` divides by the whole batch's weight sum, so both normalise
+    with the whole batch's statistics and their gradients add up to the
+    batch's.  Only one of them updates the running statistics.
 
     Edge cases of a training batch:
 
@@ -104,6 +109,7 @@ class BatchNorm(Layer):
     """
 
     rows_independent = False
+    sums_across_shards = True
 
     def __init__(self, momentum=0.1, epsilon=1e-5):
         if not 0.0 < momentum <= 1.0:
@@ -156,11 +162,12 @@ class BatchNorm(Layer):
             raise ValueError("BatchNorm cannot compute batch statistics of an empty batch.")
         c = self.channels
         rows = X.reshape(-1, c)  # (m, c), a view of a contiguous X
+        shard = None if batch is None else batch.shard
         p, informative = self._row_fractions(X.shape[0], batch)
-        mean = np.matmul(p, rows, out=self._buffer("mean", (c,)))
+        mean = _whole(shard, np.matmul(p, rows, out=self._buffer("mean", (c,))))
         xhat = np.subtract(rows, mean, out=self._buffer("xhat", rows.shape))
         squares = np.multiply(xhat, xhat, out=self._buffer("Y", rows.shape))
-        var = np.matmul(p, squares, out=self._buffer("var", (c,)))
+        var = _whole(shard, np.matmul(p, squares, out=self._buffer("var", (c,))))
         inv_std = self._buffer("inv_std", (c,))
         np.sqrt(np.add(var, self.dtype.type(self.epsilon), out=inv_std), out=inv_std)
         np.divide(1, inv_std, out=inv_std)
@@ -169,9 +176,10 @@ class BatchNorm(Layer):
         Y += self.params["beta"]
         # One row says nothing about the spread: its variance of 0 would
         # drag the running variance (and so every prediction) towards 0.
-        if informative and rows.shape[0] > 1:
+        whole_rows = rows.shape[0] if shard is None else shard.samples * self.positions
+        if informative and whole_rows > 1 and (shard is None or shard.keeps_state):
             self._update_running_stats(mean, var)
-        self._p, self._xhat, self._inv_std = p, xhat, inv_std
+        self._p, self._xhat, self._inv_std, self._shard = p, xhat, inv_std, shard
         return Y.reshape(X.shape)
 
     def backward(self, dY, need_input_grad=True):
@@ -186,6 +194,9 @@ class BatchNorm(Layer):
         np.matmul(ones, work, out=d_gamma)
         if not need_input_grad:
             return None
+        if self._shard is not None:  # the sums over the whole batch
+            sums = _whole(self._shard, np.concatenate([d_beta, d_gamma]))
+            d_beta, d_gamma = sums[:self.channels], sums[self.channels:]
         # d x_r = gamma / std * (dy_r - p_r (d beta + x̂_r d gamma)), in place in dY.
         np.multiply(xhat, d_gamma, out=work)
         work += d_beta
@@ -199,12 +210,14 @@ class BatchNorm(Layer):
         """Each row's share ``p_r`` (m,) of the batch statistics, and whether
         the batch is informative (its weights do not sum to 0).
 
-        A sample's weight is spread over its ``positions`` rows.
+        A sample's weight is spread over its ``positions`` rows.  For a row
+        shard, the shares are of the whole batch (:class:`~skdigits.nn.layers.Shard`).
         """
-        weights = None if batch is None else batch.weights
+        weights, shard = (None, None) if batch is None else (batch.weights, batch.shard)
         p = self._buffer("p", (n * self.positions,))
+        whole_rows = p.shape[0] if shard is None else shard.samples * self.positions
         if weights is None:
-            p.fill(1.0 / p.shape[0])
+            p.fill(1.0 / whole_rows)
             return p, True
         weights = np.asarray(weights)
         if weights.shape != (n,):
@@ -215,8 +228,10 @@ class BatchNorm(Layer):
         if not (smallest >= 0.0 and math.isfinite(total)):
             raise ValueError("BatchNorm sample weights must be finite and >= 0, "
                              f"got min {smallest!r} and sum {total!r}.")
+        if shard is not None:
+            total = shard.weight_sum
         if total == 0.0:
-            p.fill(1.0 / p.shape[0])
+            p.fill(1.0 / whole_rows)
             return p, False
         np.divide(weights[:, None], total * self.positions, out=p.reshape(n, self.positions))
         return p, True
@@ -236,3 +251,9 @@ class BatchNorm(Layer):
         Y = np.multiply(X, scale.astype(self.dtype))
         Y += shift.astype(self.dtype)
         return Y
+
+
+def _whole(shard, partial):
+    """A per-channel sum over this pass's rows, made the sum over the whole
+    batch when the rows are a row shard; ``partial`` itself otherwise."""
+    return partial if shard is None else shard.total(partial)
