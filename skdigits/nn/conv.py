@@ -178,6 +178,10 @@ class Conv2D(Layer):
     #: compute exactly as they did.
     algorithm = "direct"
 
+    #: Its products (im2col, Winograd) are its own: a conv net is trained in
+    #: row shards, or on one thread.
+    products_via_matmul = False
+
     def __init__(self, filters, kernel_size=3, stride=1, padding="valid", activation="relu",
                  algorithm="auto"):
         if padding not in ("valid", "same"):

@@ -93,6 +93,19 @@ class Layer(ABC):
     #: shards through :attr:`Batch.shard` (see :class:`Shard`).
     sums_across_shards = False
 
+    #: Whether this layer's training passes make every matrix-matrix product
+    #: with :attr:`_matmul` (true of a layer that makes none: activations,
+    #: dropout, batch norm's per-channel sums).  A network of such layers
+    #: can have its large products split in pieces (see
+    #: :meth:`~skdigits.nn.Network.use_products`) instead of being trained
+    #: in row shards.
+    products_via_matmul = True
+
+    #: ``matmul(a, b, out=)``, the matrix product of training passes: NumPy's,
+    #: unless the network hands its layers another that computes the same
+    #: product in fixed pieces.  Inference always uses NumPy's.
+    _matmul = staticmethod(np.matmul)
+
     def __getstate__(self):
         # Parameter views and batch caches are re-created by Network on load.
         return {k: v for k, v in self.__dict__.items()
@@ -192,7 +205,7 @@ class Dense(Layer):
     def forward(self, X, training=False, batch=None):
         W, b = self.params["W"], self.params["b"]
         if training:
-            A = np.matmul(X, W, out=self._buffer("A", (X.shape[0], self.units)))
+            A = self._matmul(X, W, out=self._buffer("A", (X.shape[0], self.units)))
         else:
             A = X @ W
         A += b
@@ -204,12 +217,12 @@ class Dense(Layer):
     def backward(self, dA, need_input_grad=True):
         """dA: d loss / d A (n, units), overwritten.  Returns d loss / d X."""
         dZ = DERIVATIVES[self.activation](self._A, dA)
-        np.matmul(self._X.T, dZ, out=self.grads["W"])
+        self._matmul(self._X.T, dZ, out=self.grads["W"])
         # The column sums as a product with ones: ~15x faster than sum(axis=0).
         np.matmul(self._ones(dZ.shape[0]), dZ, out=self.grads["b"])
         if not need_input_grad:
             return None
-        return np.matmul(dZ, self.params["W"].T, out=self._buffer("dX", self._X.shape))
+        return self._matmul(dZ, self.params["W"].T, out=self._buffer("dX", self._X.shape))
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -153,6 +153,21 @@ class Network:
         independently or adds up its statistics across the shards."""
         return all(layer.rows_independent or layer.sums_across_shards for layer in self.layers)
 
+    @property
+    def products_via_matmul(self):
+        """Whether a training pass makes every matrix-matrix product with the
+        layers' ``_matmul`` (true of Dense networks, not of conv nets)."""
+        return all(layer.products_via_matmul for layer in self.layers)
+
+    def use_products(self, matmul=None):
+        """Make every layer's training passes compute their matrix products
+        with ``matmul(a, b, out=)`` (NumPy's again when None)."""
+        for layer in self.layers:
+            if matmul is None:
+                layer.__dict__.pop("_matmul", None)
+            else:
+                layer._matmul = matmul
+
     def forward(self, X, training=False, step=0, weights=None, shard=None):
         """Logits (n, n_outputs) for a dense batch X (n, *input_shape).
 
