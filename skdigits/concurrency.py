@@ -7,7 +7,8 @@ ready:
 - :class:`DataParallel`: a large mini-batch's loss and gradient as the sum
   over two fixed row shards, the second on a helper thread (the shards of
   a network with batch norm meet at each of its statistics,
-  :class:`ShardSums`);
+  :class:`ShardSums`); or, for an MLP with batch norm, each large matrix
+  product as two halves (:class:`SplitProducts`);
 - :func:`prefetched`: the next mini-batch gathered on a helper thread while
   this one computes;
 - :func:`predict_in_chunks`: prediction in fixed-size padded chunks, the
@@ -42,6 +43,13 @@ from .nn import Shard
 #: (6.5e6) was 25% slower split, 128 rows (1.3e7) broke even and 200 rows
 #: (2.0e7) was 1.2x faster; a CNN batch of 64 MNIST images (2.7e8) is 1.7x.
 SHARD_MIN_MULTIPLY_ADDS = 15 * 10**6
+
+#: With split products (:class:`SplitProducts`), a product of at least this
+#: many multiply-adds is computed as two halves of its output rows, the
+#: second on the helper thread.  The hand-off costs ~60-80 us here: float32
+#: 64 x 784 x 128 (6.4e6) took 134 us whole and 139 us split, 96 x 784 x 128
+#: (9.6e6) 194 and 187, 128 x 784 x 128 (1.3e7) 257 and 198 us.
+PRODUCT_SPLIT_MIN_MULTIPLY_ADDS = 10**7
 
 #: Elementwise passes over at least this many parameters (the optimizer's
 #: step, the L2 gradient, summing the shards' gradients) are split in two
@@ -140,12 +148,35 @@ def single_blas_thread():
 
 
 # ------------------------------------------------------------------ row shards
-class DataParallel:
-    """Loss and gradient of a batch as the sum over two fixed row shards.
+def parallel_strategy(network):
+    """How :class:`DataParallel` uses two threads for ``network``.
 
-    A mini-batch's loss is a sum over its rows, so its gradient is the sum of
-    the gradients of two halves, each computed by its own copy of the
-    network's per-batch state (:meth:`~skdigits.nn.Network.replica`).
+    'products' (:class:`SplitProducts`) for a network whose training rows
+    are not independent (batch norm) but which makes every matrix product
+    through its layers' ``_matmul``: an MLP with batch norm.  Else 'rows':
+    row shards, which meet at each batch-norm statistic in a conv net with
+    batch norm (:class:`ShardSums`).
+
+    Measured on MNIST (2 cores, float32, one-epoch fits in turns): without
+    batch norm the two took the same epoch time within +-5%
+    (784-128/256/512/800/1024-10, batches of 64-256), and shards keep the
+    bits of earlier fits.  With batch norm, split products took 0.75-0.85x
+    the time of meeting shards (784-512-10, batch 128; equal at 784-800-10,
+    batch 200), and under a one-thread BLAS setting 0.8-0.9x (the shards
+    then take turns); in the CNN, whose convolutions are more than
+    products, meeting shards took 0.66-0.70x the one-thread epoch."""
+    if network.rows_independent or not network.products_via_matmul:
+        return "rows"
+    return "products"
+
+
+class DataParallel:
+    """Loss and gradient of a batch on two threads: as the sum over two fixed
+    row shards, or with its large matrix products split in two.
+
+    Row shards: a mini-batch's loss is a sum over its rows, so its gradient
+    is the sum of the gradients of two halves, each computed by its own copy
+    of the network's per-batch state (:meth:`~skdigits.nn.Network.replica`).
     Whether a batch is split depends only on its size, the network's work
     per sample and whether its layers allow it
     (:attr:`~skdigits.nn.Network.shardable`).
@@ -155,35 +186,50 @@ class DataParallel:
     its own: with ``concurrent=False`` the second shard still runs on a
     helper thread, but the two take turns and never compute at once.
 
+    Split products: an MLP with batch norm instead computes each large
+    matrix product as two halves (:class:`SplitProducts`), everything else
+    on the calling thread (see :func:`parallel_strategy`).
+
     Parameters
     ----------
     network : Network
-        Computes the first shard and receives the summed gradient in
-        ``network.grads``.
+        Receives the complete gradient in ``network.grads``.
     concurrent : bool
-        Run the second shard on a helper thread at the same time as the
-        first.  Does not change the results, only the time they take.
+        Run the second shard (or half product) on a helper thread at the
+        same time as the first.  Does not change the results, only the time
+        they take.
+    strategy : {'auto', 'rows', 'products'}
+        'auto' is :func:`parallel_strategy`'s choice.  For split products
+        the network's layers are given :class:`SplitProducts` while the
+        context is entered.
 
     Use as a context manager; the helper thread lives until it exits.
     """
 
-    def __init__(self, network, concurrent=True):
+    def __init__(self, network, concurrent=True, strategy="auto"):
+        if strategy not in ("auto", "rows", "products"):
+            raise ValueError(f"strategy must be 'auto', 'rows' or 'products', got {strategy!r}.")
         self.network = network
         self.concurrent = bool(concurrent)
+        self.strategy = parallel_strategy(network) if strategy == "auto" else strategy
         self._work_per_row = network.multiply_adds_per_sample
         self._twin = None
         self._executor = None
         # Shards that meet need two threads even when they take turns.
-        self._meets = not network.rows_independent
+        self._meets = self.strategy == "rows" and not network.rows_independent
         self._turn_taker = None
 
     def __enter__(self):
         if self.concurrent:
             self._executor = ThreadPoolExecutor(max_workers=1,
                                                 thread_name_prefix="skdigits-shard")
+        if self.strategy == "products":
+            self.network.use_products(SplitProducts(self._executor))
         return self
 
     def __exit__(self, *exc):
+        if self.strategy == "products":
+            self.network.use_products(None)
         for executor in (self._executor, self._turn_taker):
             if executor is not None:
                 # Waits for a shard still in flight (e.g. after a second
@@ -193,8 +239,9 @@ class DataParallel:
         return False
 
     def splits(self, n_rows):
-        """Whether a batch of ``n_rows`` is computed as two shards."""
-        return (n_rows >= 2 and n_rows * self._work_per_row >= SHARD_MIN_MULTIPLY_ADDS
+        """Whether a batch of ``n_rows`` is computed as two row shards."""
+        return (self.strategy == "rows" and n_rows >= 2
+                and n_rows * self._work_per_row >= SHARD_MIN_MULTIPLY_ADDS
                 and self.network.shardable)
 
     def loss_and_gradient(self, X, Y, weights=None, alpha=0.0, weight_sum=None, step=0):
@@ -397,6 +444,39 @@ class ShardSums:
         if self._turn is not None and self._holds_turn[index]:
             self._holds_turn[index] = False
             self._turn.release()
+
+
+class SplitProducts:
+    """``matmul(a, b, out=)`` for training passes: a product of at least
+    :data:`PRODUCT_SPLIT_MIN_MULTIPLY_ADDS` as two fixed halves of its
+    output rows, the second on ``executor``'s thread (after the first, on
+    the calling thread, when ``executor`` is None); a smaller one whole.
+
+    Each half is one single-threaded BLAS call on operands fixed by the
+    shapes alone, so the bits do not depend on which thread runs it.
+    """
+
+    def __init__(self, executor=None):
+        self.executor = executor
+
+    def __call__(self, a, b, out):
+        rows = out.shape[0]
+        if rows < 2 or rows * a.shape[-1] * out.shape[-1] < PRODUCT_SPLIT_MIN_MULTIPLY_ADDS:
+            return np.matmul(a, b, out=out)
+        first, second = slice(0, rows // 2), slice(rows // 2, rows)
+        if self.executor is None:
+            _matmul_rows(a, b, out, first)
+            _matmul_rows(a, b, out, second)
+        else:
+            pending = self.executor.submit(_matmul_rows, a, b, out, second)
+            _matmul_rows(a, b, out, first)
+            pending.result()
+        return out
+
+
+def _matmul_rows(a, b, out, rows):
+    """``out[rows] = a[rows] @ b``: one half of a split product."""
+    np.matmul(a[rows], b, out=out[rows])
 
 
 # ------------------------------------------------------------------ prefetch

@@ -1,9 +1,11 @@
 """Tests of :class:`skdigits.concurrency.DataParallel` and concurrent prediction.
 
-Sharding a batch in two must give the loss and gradient of the whole batch
-up to rounding (with batch norm too, whose shards add up their statistics),
-and running the second shard on a helper thread must not change a single bit.  ``SHARD_MIN_MULTIPLY_ADDS`` is patched down so that
-tiny networks and batches shard and the file stays fast.
+Sharding a batch in two (with batch norm too, whose shards add up their
+statistics), or splitting its products in two halves, must give the loss
+and gradient of the whole batch up to rounding, and running the second
+shard or half on a helper thread must not change a single bit.
+``SHARD_MIN_MULTIPLY_ADDS`` and ``PRODUCT_SPLIT_MIN_MULTIPLY_ADDS`` are
+patched down so that tiny networks and batches split and the file stays fast.
 """
 
 import copy
@@ -19,7 +21,8 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 
 import skdigits.concurrency
 from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
-from skdigits.concurrency import DataParallel, ShardFailed, ShardSums, predict_in_chunks
+from skdigits.concurrency import (DataParallel, ShardFailed, ShardSums, SplitProducts,
+                                  parallel_strategy, predict_in_chunks)
 from skdigits.nn import SGD, Activation, Adam, BatchNorm, Dense, Dropout, Network
 from skdigits.nn.conv import Conv2D, Flatten, MaxPool2D
 from skdigits.nn.losses import LOSSES
@@ -597,6 +600,8 @@ def convnet_batch_norm(dtype="float64", dropout=0.0, seed=0, n_out=3):
                                                    seed=seed)
 
 
+#: Auto-strategy gives the MLP split products (section 11); these tests
+#: force row shards on it so that its shards meet too.
 BATCH_NORM_NETWORKS = {"mlp-batch-norm": mlp_batch_norm, "conv-batch-norm": convnet_batch_norm}
 
 
@@ -616,7 +621,7 @@ def test_batch_norm_shards_match_whole_batch(always_shard, kind, dtype, weights,
     network = BATCH_NORM_NETWORKS[kind](dtype, dropout=0.5, seed=6)
     reference = copy.deepcopy(network)
     rtol = TOLERANCE[dtype]
-    with DataParallel(network, concurrent) as parallel:
+    with DataParallel(network, concurrent, strategy="rows") as parallel:
         for i, (n, seed) in enumerate([(7, 1), (3, 2), (13, 3)]):
             assert parallel.splits(n)
             X, Y, w = batch(network, n, seed, weights=weights is not None)
@@ -641,8 +646,8 @@ def test_batch_norm_shards_at_once_or_in_turns_bit_for_bit(always_shard, kind, d
     first = BATCH_NORM_NETWORKS[kind](dtype, dropout=0.5, seed=8)
     second = copy.deepcopy(first)
     first_opt, second_opt = Adam(first.params, 1e-2), Adam(second.params, 1e-2)
-    with DataParallel(first, concurrent=True) as at_once, \
-            DataParallel(second, concurrent=False) as in_turns:
+    with DataParallel(first, concurrent=True, strategy="rows") as at_once, \
+            DataParallel(second, concurrent=False, strategy="rows") as in_turns:
         for i, n in enumerate([7, 8, 7, 5, 16, 3, 7, 11]):
             X, Y, w = batch(first, n, seed=170 + i, weights=i % 2 == 1)
             loss_a, _ = at_once.train_step(X, Y, w, 0.01, i, first_opt, lambda loss: True)
@@ -683,7 +688,7 @@ def test_batch_norm_shards_take_turns_unless_concurrent(always_shard, monkeypatc
     the same time, with concurrent=True they do; the thread is joined on exit."""
     network = mlp_batch_norm(seed=9)
     seen = computing_threads(monkeypatch)
-    with DataParallel(network, concurrent) as parallel:
+    with DataParallel(network, concurrent, strategy="rows") as parallel:
         for seed in range(4):
             parallel.loss_and_gradient(*batch(network, 9, seed=seed)[:2])
     main = threading.current_thread().name
@@ -706,7 +711,7 @@ def test_a_failing_batch_norm_shard_releases_the_other(always_shard, concurrent,
 
     def fit_one_batch():
         try:
-            with DataParallel(network, concurrent) as parallel:
+            with DataParallel(network, concurrent, strategy="rows") as parallel:
                 parallel.loss_and_gradient(X, Y, w)
         except Exception as error:  # noqa: BLE001 - the test inspects it
             outcome.append(error)
@@ -746,29 +751,235 @@ def test_shard_sums_meet_in_order_and_release_on_failure():
             waiting.result(timeout=30)
 
 
-BATCH_NORM_ESTIMATORS = {
-    "mlp": lambda: NumpyMLPClassifier(hidden_layer_sizes=(32,), batch_norm=True, dropout=0.2,
-                                      max_iter=3, random_state=0, dtype="float32"),
-    "cnn": lambda: NumpyCNNClassifier(conv_filters=(4,), hidden_layer_sizes=(8,),
-                                      batch_norm=True, max_iter=2, random_state=0),
-}
+def batch_norm_cnn():
+    return NumpyCNNClassifier(conv_filters=(4,), hidden_layer_sizes=(8,), batch_norm=True,
+                              max_iter=2, random_state=0)
 
 
-@pytest.mark.parametrize("name", sorted(BATCH_NORM_ESTIMATORS))
-def test_batch_norm_fit_independent_of_blas_threads(always_shard, monkeypatch, name):
-    """A batch-norm network's fit is bit-identical whether its shards
-    compute at once (2 BLAS threads allowed) or take turns (1): weights,
-    running statistics, loss curve and probabilities."""
+def test_batch_norm_cnn_fit_independent_of_blas_threads(always_shard, monkeypatch):
+    """A batch-norm CNN's fit is bit-identical whether its shards compute at
+    once (2 BLAS threads allowed) or take turns (1): weights, running
+    statistics, loss curve and probabilities."""
     rng = np.random.RandomState(0)
     X = rng.uniform(size=(300, 64)).astype(np.float32)
     y = rng.randint(10, size=300)
-    make = BATCH_NORM_ESTIMATORS[name]
-    one, proba_one, calls_one = fit_under(1, make, X, y, monkeypatch)
-    two, proba_two, calls_two = fit_under(2, make, X, y, monkeypatch)
+    one, proba_one, calls_one = fit_under(1, batch_norm_cnn, X, y, monkeypatch)
+    two, proba_two, calls_two = fit_under(2, batch_norm_cnn, X, y, monkeypatch)
     for calls in (calls_one, calls_two):  # sharded, the second shard on the helper
         assert sum(name.startswith("skdigits-shard") for name, _ in calls) == len(calls) // 2 > 0
     assert {blas for _, blas in calls_one + calls_two} == {1}
     assert one.n_iter_ == two.n_iter_ and one.loss_curve_ == two.loss_curve_
+    for a, b in zip(one._network.state_arrays(), two._network.state_arrays()):
+        assert np.array_equal(a, b)
+    assert np.array_equal(proba_one, proba_two)
+
+
+# ------------------------------------------------------ 11. split products
+@pytest.fixture
+def always_split_products(monkeypatch):
+    """Every product of at least two output rows is computed as two halves."""
+    monkeypatch.setattr(skdigits.concurrency, "PRODUCT_SPLIT_MIN_MULTIPLY_ADDS", 1)
+
+
+def split_product_threads(monkeypatch):
+    """Record (thread name, rows) for every half of a split product."""
+    calls = []
+    original = skdigits.concurrency._matmul_rows
+
+    def recording(a, b, out, rows):
+        calls.append((threading.current_thread().name, (rows.start, rows.stop)))
+        return original(a, b, out, rows)
+
+    monkeypatch.setattr(skdigits.concurrency, "_matmul_rows", recording)
+    return calls
+
+
+def test_strategy_follows_the_network():
+    """Row shards where rows are independent (plain MLPs, conv nets), split
+    products where batch norm couples them and all products are Dense ones,
+    shards that meet at batch norm's statistics for a conv net with batch
+    norm; an unknown strategy is refused."""
+    assert parallel_strategy(mlp()) == "rows"
+    assert parallel_strategy(convnet()) == "rows"
+    assert parallel_strategy(mlp_batch_norm()) == "products"
+    assert parallel_strategy(convnet_batch_norm()) == "rows"
+    assert DataParallel(convnet_batch_norm(), concurrent=False).splits(10**6)  # meeting shards
+    assert not DataParallel(mlp_batch_norm(), concurrent=False).splits(10**6)
+    with pytest.raises(ValueError, match="strategy must be .* got 'columns'"):
+        DataParallel(mlp(), strategy="columns")
+
+
+def test_dense_training_products_go_through_the_hook():
+    """A Dense layer's training products (forward, weight gradient, input
+    gradient) use its ``_matmul``; inference uses NumPy's own."""
+    layer = Dense(4, "relu")
+    layer.build((3,), "float64")
+    params = {"W": np.arange(12.0).reshape(3, 4) / 10 - 0.5, "b": np.zeros(4)}
+    layer.bind(params, {"W": np.empty((3, 4)), "b": np.empty(4)})
+    calls = []
+
+    def recording(a, b, out):
+        calls.append((a.shape, b.shape))
+        return np.matmul(a, b, out=out)
+
+    layer._matmul = recording
+    X = np.linspace(-1, 1, 15).reshape(5, 3)
+    layer.forward(X)
+    assert calls == []
+    layer.forward(X, training=True)
+    layer.backward(np.ones((5, 4)), need_input_grad=True)
+    assert calls == [((5, 3), (3, 4)), ((3, 5), (5, 4)), ((5, 4), (4, 3))]
+    layer.forward(X, training=True)
+    layer.backward(np.ones((5, 4)), need_input_grad=False)
+    assert len(calls) == 5
+
+
+def test_split_products_below_threshold_are_numpys_product():
+    """With the default threshold a small product is one np.matmul call,
+    never handed to the helper thread."""
+    class RefusingExecutor:
+        def submit(self, *args, **kwargs):
+            raise AssertionError("a small product was handed to the helper thread")
+
+    rng = np.random.RandomState(1)
+    a, b = rng.standard_normal((64, 50)), rng.standard_normal((50, 40))
+    out = np.empty((64, 40))
+    assert SplitProducts(RefusingExecutor())(a, b, out=out) is out
+    assert np.array_equal(out, a @ b)
+
+
+def test_split_products_threshold_boundary(monkeypatch):
+    """A product splits from exactly PRODUCT_SPLIT_MIN_MULTIPLY_ADDS
+    (rows x inner x columns) on, into rows [0, m // 2) and [m // 2, m); a
+    single row never splits."""
+    calls = split_product_threads(monkeypatch)
+    monkeypatch.setattr(skdigits.concurrency, "PRODUCT_SPLIT_MIN_MULTIPLY_ADDS", 6 * 5 * 4)
+    rng = np.random.RandomState(2)
+    for rows in (5, 6, 7):
+        SplitProducts()(rng.standard_normal((rows, 5)), rng.standard_normal((5, 4)),
+                        out=np.empty((rows, 4)))
+    assert [span for _, span in calls] == [(0, 3), (3, 6), (0, 3), (3, 7)]
+    monkeypatch.setattr(skdigits.concurrency, "PRODUCT_SPLIT_MIN_MULTIPLY_ADDS", 1)
+    SplitProducts()(np.ones((1, 5)), np.ones((5, 4)), out=np.empty((1, 4)))
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["a", "a.T"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_split_products_halves_make_the_product(always_split_products, monkeypatch, dtype,
+                                                transposed):
+    """The two halves make the whole product (to rounding), also for a
+    transposed operand (the weight gradient's ``X.T``); the helper thread
+    computes the second half, and threaded and sequential halves agree bit
+    for bit."""
+    rng = np.random.RandomState(3)
+    a = rng.standard_normal((5, 7) if transposed else (7, 5)).astype(dtype)
+    a = a.T if transposed else a
+    b = rng.standard_normal((5, 4)).astype(dtype)
+    calls = split_product_threads(monkeypatch)
+    sequential = SplitProducts()(a, b, out=np.full((7, 4), np.nan, dtype=dtype))
+    with ThreadPoolExecutor(1, thread_name_prefix="skdigits-shard") as executor:
+        threaded = SplitProducts(executor)(a, b, out=np.full((7, 4), np.nan, dtype=dtype))
+    assert_close(sequential, a.astype(np.float64) @ b, TOLERANCE[dtype])
+    assert np.array_equal(sequential, threaded)
+    main = threading.current_thread().name
+    assert calls[:2] == [(main, (0, 3)), (main, (3, 7))]
+    assert calls[3] == (main, (0, 3))
+    helper, span = calls[2]
+    assert helper.startswith("skdigits-shard") and span == (3, 7)
+
+
+PRODUCT_NETWORKS = {
+    "mlp-batch-norm": lambda dtype, **kw: mlp_batch_norm(dtype, **kw),
+    "mlp-forced": lambda dtype, **kw: mlp(dtype, **kw),
+}
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+@pytest.mark.parametrize("weights", [False, True])
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", sorted(PRODUCT_NETWORKS))
+def test_split_products_match_whole_batch(always_split_products, monkeypatch, kind, dtype, alpha,
+                                          weights, concurrent):
+    """With every product split, loss, gradient and batch norm's running
+    statistics are those of the network alone, to rounding, with odd batch
+    sizes and sample weights; the halves really ran."""
+    network = PRODUCT_NETWORKS[kind](dtype, dropout=0.5, seed=4)
+    reference = copy.deepcopy(network)
+    calls = split_product_threads(monkeypatch)
+    rtol = TOLERANCE[dtype]
+    with DataParallel(network, concurrent, strategy="products") as parallel:
+        for i, (n, seed) in enumerate([(7, 1), (2, 2), (13, 3)]):
+            assert not parallel.splits(n)
+            X, Y, w = batch(network, n, seed, weights)
+            loss = parallel.loss_and_gradient(X, Y, w, alpha, step=i)
+            expected = reference.loss_and_gradient(X, Y, w, alpha, step=i)
+            assert np.isfinite(loss)
+            assert_close(loss, expected, rtol)
+            assert_close(network.grads, reference.grads, rtol)
+        assert parallel._twin is None
+    for ours, theirs in zip(network.state_arrays()[1:], reference.state_arrays()[1:]):
+        assert_close(ours, theirs, rtol)
+    helpers = [name for name, _ in calls if name.startswith("skdigits-shard")]
+    assert calls and len(helpers) == (len(calls) // 2 if concurrent else 0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_split_products_concurrent_equals_sequential_bit_for_bit(always_split_products, dtype):
+    """Training steps of a batch-norm MLP with dropout, over batches of
+    changing sizes: parameters, optimizer state and running statistics are
+    the same bits whether the halves run on two threads or one."""
+    first = mlp_batch_norm(dtype, dropout=0.5, seed=5)
+    second = copy.deepcopy(first)
+    first_opt, second_opt = Adam(first.params, 1e-2), Adam(second.params, 1e-2)
+    with DataParallel(first, concurrent=True) as threaded, \
+            DataParallel(second, concurrent=False) as sequential:
+        assert threaded.strategy == sequential.strategy == "products"
+        for i, n in enumerate([7, 8, 7, 5, 16, 3, 7, 11]):
+            X, Y, w = batch(first, n, seed=160 + i, weights=i % 2 == 1)
+            loss_t, _ = threaded.train_step(X, Y, w, 0.01, i, first_opt, lambda loss: True)
+            loss_s, _ = sequential.train_step(X, Y, w, 0.01, i, second_opt, lambda loss: True)
+            assert loss_t == loss_s
+    for ours, theirs in zip(first.state_arrays() + [first_opt.m, first_opt.v],
+                            second.state_arrays() + [second_opt.m, second_opt.v]):
+        assert np.array_equal(ours, theirs)
+
+
+def test_split_products_only_while_entered(always_split_products):
+    """The layers compute with SplitProducts inside the context only; a copy
+    taken inside (the callbacks' snapshot of a fit) computes with NumPy's
+    product, and so does the network after the context, error or not."""
+    network = mlp_batch_norm()
+    with pytest.raises(RuntimeError, match="boom"):
+        with DataParallel(network, concurrent=True):
+            assert all(isinstance(layer._matmul, SplitProducts) for layer in network.layers)
+            copied = copy.deepcopy(network)
+            raise RuntimeError("boom")
+    for layer in network.layers + copied.layers:
+        assert "_matmul" not in vars(layer) and layer._matmul is np.matmul
+    assert not live_threads("skdigits-shard")
+
+
+def test_batch_norm_mlp_fit_independent_of_blas_threads(always_split_products, monkeypatch):
+    """A batch-norm MLP's fit is bit-identical whether the BLAS setting lets
+    the halves of its products run at once (2 threads) or not (1), and each
+    half runs on one BLAS thread."""
+    rng = np.random.RandomState(0)
+    X = rng.uniform(size=(300, 64)).astype(np.float32)
+    y = rng.randint(10, size=300)
+    calls = split_product_threads(monkeypatch)
+    make = lambda: NumpyMLPClassifier(hidden_layer_sizes=(32,), batch_norm=True,  # noqa: E731
+                                      dropout=0.2, max_iter=3, random_state=0, dtype="float32")
+    results = []
+    for threads in (1, 2):
+        calls.clear()
+        model, proba, _ = fit_under(threads, make, X, y, monkeypatch)
+        helpers = sum(name.startswith("skdigits-shard") for name, _ in calls)
+        assert calls and helpers == (0 if threads == 1 else len(calls) // 2)
+        results.append((model, proba))
+    (one, proba_one), (two, proba_two) = results
+    assert one.n_iter_ == two.n_iter_ == 3 and one.loss_curve_ == two.loss_curve_
     for a, b in zip(one._network.state_arrays(), two._network.state_arrays()):
         assert np.array_equal(a, b)
     assert np.array_equal(proba_one, proba_two)

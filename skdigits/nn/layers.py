@@ -85,7 +85,8 @@ class Layer(ABC):
 
     #: Whether each sample's output depends on that sample alone in training
     #: too.  Layers whose training statistics span the batch set it False:
-    #: the network then never computes such a batch as separate row shards.
+    #: the network then computes a batch as separate row shards only if
+    #: they add up their statistics across the shards.
     rows_independent = True
 
     #: For a layer whose statistics span the batch: whether it can still

@@ -42,9 +42,9 @@ class TrainingLoop:
         ``() -> snapshot or None``: the model to fall back on if the loss
         turns non-finite (early stopping's best; see :func:`guards.snapshot`).
     concurrent : bool
-        Compute the two row shards of a large batch on two threads at once
-        (:class:`~skdigits.concurrency.DataParallel`); the results are the
-        same either way.
+        Compute a large batch on two threads at once (two row shards, or its
+        large products in halves: :class:`~skdigits.concurrency.DataParallel`);
+        the results are the same either way.
     """
 
     def __init__(self, network, optimizer, source, history, *, batch_size, shuffle,
