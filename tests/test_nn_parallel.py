@@ -643,18 +643,26 @@ def test_batch_norm_shards_at_once_or_in_turns_bit_for_bit(always_shard, kind, d
     """Shards computing at once (concurrent) and taking turns give the same
     bits: losses, parameters, optimizer state and running statistics over
     training steps on batches of changing sizes, with dropout."""
-    first = BATCH_NORM_NETWORKS[kind](dtype, dropout=0.5, seed=8)
-    second = copy.deepcopy(first)
-    first_opt, second_opt = Adam(first.params, 1e-2), Adam(second.params, 1e-2)
-    with DataParallel(first, concurrent=True, strategy="rows") as at_once, \
-            DataParallel(second, concurrent=False, strategy="rows") as in_turns:
+    network = BATCH_NORM_NETWORKS[kind](dtype, dropout=0.5, seed=8)
+    assert_steps_concurrent_equal_sequential(network, "rows", seed=170)
+
+
+def assert_steps_concurrent_equal_sequential(network, strategy, seed):
+    """Adam steps on batches of changing sizes (sample weights on every other
+    one) with ``strategy``, concurrent and not, from copies of ``network``:
+    the same losses, and the same bits in parameters, optimizer state and
+    running statistics."""
+    twin = copy.deepcopy(network)
+    network_opt, twin_opt = Adam(network.params, 1e-2), Adam(twin.params, 1e-2)
+    with DataParallel(network, concurrent=True, strategy=strategy) as concurrent, \
+            DataParallel(twin, concurrent=False, strategy=strategy) as sequential:
         for i, n in enumerate([7, 8, 7, 5, 16, 3, 7, 11]):
-            X, Y, w = batch(first, n, seed=170 + i, weights=i % 2 == 1)
-            loss_a, _ = at_once.train_step(X, Y, w, 0.01, i, first_opt, lambda loss: True)
-            loss_b, _ = in_turns.train_step(X, Y, w, 0.01, i, second_opt, lambda loss: True)
-            assert loss_a == loss_b
-    for ours, theirs in zip(first.state_arrays() + [first_opt.m, first_opt.v],
-                            second.state_arrays() + [second_opt.m, second_opt.v]):
+            X, Y, w = batch(network, n, seed=seed + i, weights=i % 2 == 1)
+            loss_c, _ = concurrent.train_step(X, Y, w, 0.01, i, network_opt, lambda loss: True)
+            loss_s, _ = sequential.train_step(X, Y, w, 0.01, i, twin_opt, lambda loss: True)
+            assert loss_c == loss_s
+    for ours, theirs in zip(network.state_arrays() + [network_opt.m, network_opt.v],
+                            twin.state_arrays() + [twin_opt.m, twin_opt.v]):
         assert np.array_equal(ours, theirs)
 
 
@@ -930,20 +938,9 @@ def test_split_products_concurrent_equals_sequential_bit_for_bit(always_split_pr
     """Training steps of a batch-norm MLP with dropout, over batches of
     changing sizes: parameters, optimizer state and running statistics are
     the same bits whether the halves run on two threads or one."""
-    first = mlp_batch_norm(dtype, dropout=0.5, seed=5)
-    second = copy.deepcopy(first)
-    first_opt, second_opt = Adam(first.params, 1e-2), Adam(second.params, 1e-2)
-    with DataParallel(first, concurrent=True) as threaded, \
-            DataParallel(second, concurrent=False) as sequential:
-        assert threaded.strategy == sequential.strategy == "products"
-        for i, n in enumerate([7, 8, 7, 5, 16, 3, 7, 11]):
-            X, Y, w = batch(first, n, seed=160 + i, weights=i % 2 == 1)
-            loss_t, _ = threaded.train_step(X, Y, w, 0.01, i, first_opt, lambda loss: True)
-            loss_s, _ = sequential.train_step(X, Y, w, 0.01, i, second_opt, lambda loss: True)
-            assert loss_t == loss_s
-    for ours, theirs in zip(first.state_arrays() + [first_opt.m, first_opt.v],
-                            second.state_arrays() + [second_opt.m, second_opt.v]):
-        assert np.array_equal(ours, theirs)
+    network = mlp_batch_norm(dtype, dropout=0.5, seed=5)
+    assert parallel_strategy(network) == "products"
+    assert_steps_concurrent_equal_sequential(network, "products", seed=160)
 
 
 def test_split_products_only_while_entered(always_split_products):
