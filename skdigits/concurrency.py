@@ -343,19 +343,11 @@ class DataParallel:
                                                       thread_name_prefix="skdigits-shard")
             helper = self._turn_taker
         sums = ShardSums(take_turns=self._executor is None)
-        first = sums.shard(0, samples, batch_weight)
-        second = sums.shard(1, samples, batch_weight)
-        pending = helper.submit(sums.run, 1, self._twin.data_loss_and_gradient,
-                                *second_args, shard=second)
-        try:
-            loss = sums.run(0, self.network.data_loss_and_gradient, *first_args, shard=first)
-        except ShardFailed:
-            pending.result()  # the helper's own error
-            raise
-        except BaseException:
-            wait([pending])  # it stops at its next meeting
-            raise
-        return loss + pending.result()
+        first = functools.partial(self.network.data_loss_and_gradient, *first_args,
+                                  shard=sums.shard(0, samples, batch_weight))
+        second = functools.partial(self._twin.data_loss_and_gradient, *second_args,
+                                   shard=sums.shard(1, samples, batch_weight))
+        return sum(sums.run_pair(first, second, helper))
 
     def _elementwise(self, apply, n):
         """``apply(part)`` over ``slice(0, n)``: as two halves on two threads
@@ -403,6 +395,22 @@ class ShardSums:
         """The :class:`~skdigits.nn.Shard` of shard ``index`` (0 or 1)."""
         return Shard(total=functools.partial(self.total, index), samples=samples,
                      weight_sum=weight_sum, keeps_state=index == 0)
+
+    def run_pair(self, first, second, helper):
+        """``(first(), second())``, run as shards 0 and 1: ``first`` on the
+        calling thread, ``second`` on ``helper`` (an executor).  A failure
+        in either is raised here, the failing shard's own error; the helper
+        is done with ``second`` before this returns or raises."""
+        pending = helper.submit(self.run, 1, second)
+        try:
+            result = self.run(0, first)
+        except ShardFailed:
+            pending.result()  # the helper's own error
+            raise
+        except BaseException:
+            wait([pending])  # it stops at its next meeting
+            raise
+        return result, pending.result()
 
     def run(self, index, compute, *args, **kwargs):
         """``compute(*args, **kwargs)`` as shard ``index``, holding the turn."""
