@@ -196,7 +196,8 @@ def main(argv=None):
         if args.one_thread:
             contenders.append(("skdigits 1 thread", lambda: OneThread(NumpyMLPClassifier(**p))))
         if not args.no_sklearn:
-            contenders.append(("sklearn", lambda: MLPClassifier(**p)))
+            contenders.append(("sklearn",
+                               lambda: MLPClassifier(**params(args.epochs, batch, args.hidden))))
         if use_torch:
             contenders.append(("pytorch", lambda: TorchMLP(args.epochs, batch, args.hidden,
                                                            args.batch_norm)))

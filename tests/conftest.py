@@ -46,6 +46,31 @@ def digits():
     return X / 16.0, y
 
 
+#: The benchmark scripts, which tests load as modules (benchmarks/ is not a package).
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``load(name)``: benchmarks/``name``.py as a module."""
+    return _load_benchmark
+
+
+def _load_benchmark(name):
+    """benchmarks/``name``.py as a module, its ``from _common import ...`` resolved."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
 @pytest.fixture(scope="session")
 def mnist_path():
     """The full MNIST archive in ../shared/data, or skip."""

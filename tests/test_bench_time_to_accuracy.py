@@ -3,9 +3,6 @@ initial weights (its logits equal ours) and skdigits' batch order (as a real
 fit gathers it), and the checks that guard both catch the likely mistakes."""
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,21 +11,10 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    """The benchmark script as a module (benchmarks/ is not a package)."""
-    sys.path.insert(0, str(BENCHMARKS))  # for the script's `from _common import ...`
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "bench_time_to_accuracy", BENCHMARKS / "bench_time_to_accuracy.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+def bench(benchmark_script):
+    return benchmark_script("bench_time_to_accuracy")
 
 
 @pytest.fixture(scope="module")
