@@ -160,11 +160,11 @@ def parallel_strategy(network):
     Measured on MNIST (2 cores, float32, one-epoch fits in turns): without
     batch norm the two took the same epoch time within +-5%
     (784-128/256/512/800/1024-10, batches of 64-256), and shards keep the
-    bits of earlier fits.  With batch norm, split products took 0.75-0.85x
+    bits of earlier fits.  With batch norm, split products took 0.89-0.95x
     the time of meeting shards (784-512-10, batch 128; equal at 784-800-10,
-    batch 200), and under a one-thread BLAS setting 0.8-0.9x (the shards
-    then take turns); in the CNN, whose convolutions are more than
-    products, meeting shards took 0.66-0.70x the one-thread epoch."""
+    batch 200), and 0.78-0.81x under a one-thread BLAS setting (where the
+    shards take turns); in the CNN, whose convolutions are more than
+    products, meeting shards took 0.65-0.74x the one-thread epoch."""
     if network.rows_independent or not network.products_via_matmul:
         return "rows"
     return "products"

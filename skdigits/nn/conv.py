@@ -179,7 +179,7 @@ class Conv2D(Layer):
     algorithm = "direct"
 
     #: Its products (im2col, Winograd) are its own: a conv net is trained in
-    #: row shards, or on one thread.
+    #: row shards (which meet at batch norm's statistics, if it has any).
     products_via_matmul = False
 
     def __init__(self, filters, kernel_size=3, stride=1, padding="valid", activation="relu",
