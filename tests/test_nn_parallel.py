@@ -637,6 +637,21 @@ def test_batch_norm_shards_match_whole_batch(always_shard, kind, dtype, weights,
         assert parallel._twin is not None  # the sharded path really ran
 
 
+@pytest.mark.parametrize("concurrent", [False, True])
+@pytest.mark.parametrize("kind", sorted(BATCH_NORM_NETWORKS))
+def test_batch_norm_shards_with_explicit_weight_sum(always_shard, kind, concurrent):
+    """L-BFGS divides the loss by the whole data set's weight sum; batch
+    norm's statistics must still be the batch's own."""
+    network = BATCH_NORM_NETWORKS[kind]("float64", seed=12)
+    reference = copy.deepcopy(network)
+    X, Y, w = batch(network, 9, seed=4, weights=True)
+    with DataParallel(network, concurrent, strategy="rows") as parallel:
+        loss = parallel.loss_and_gradient(X, Y, w, 0.0, weight_sum=123.0)
+    expected = reference.loss_and_gradient(X, Y, w, 0.0, weight_sum=123.0)
+    assert_close(loss, expected, 1e-12)
+    assert_close(network.grads, reference.grads, 1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("kind", sorted(BATCH_NORM_NETWORKS))
 def test_batch_norm_shards_at_once_or_in_turns_bit_for_bit(always_shard, kind, dtype):
