@@ -86,3 +86,39 @@ def sgemm_gflops(m=200, k=784, n=128, repeat=200):
     for _ in range(repeat):
         np.matmul(A, B, out=out)
     return 2 * m * k * n * repeat / (time.perf_counter() - start) / 1e9
+
+
+# ------------------------------------------------------------ PyTorch peers
+def torch_mlp(n_in, hidden, n_out, batch_norm=False):
+    """NumpyMLPClassifier's one-hidden-layer network in PyTorch:
+    Linear -> ReLU -> Linear, with ``BatchNorm1d`` before the ReLU when
+    ``batch_norm`` (where skdigits puts it; the same momentum and epsilon)."""
+    from torch import nn
+
+    return nn.Sequential(*_relu_block(nn.Linear(n_in, hidden), nn.BatchNorm1d, hidden, batch_norm),
+                         nn.Linear(hidden, n_out))
+
+
+def torch_cnn(batch_norm=False):
+    """NumpyCNNClassifier's default network in PyTorch, on (n, 1, 28, 28)
+    images: conv 3x3 32 -> ReLU -> pool -> conv 3x3 64 -> ReLU -> pool ->
+    dropout 0.25 -> dense 128 -> ReLU -> dropout 0.5 -> 10, with batch norm
+    before each ReLU when ``batch_norm``."""
+    from torch import nn
+
+    return nn.Sequential(
+        *_relu_block(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d, 32, batch_norm),
+        nn.MaxPool2d(2),
+        *_relu_block(nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d, 64, batch_norm),
+        nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.25),
+        *_relu_block(nn.Linear(7 * 7 * 64, 128), nn.BatchNorm1d, 128, batch_norm),
+        nn.Dropout(0.5), nn.Linear(128, 10))
+
+
+def _relu_block(layer, norm, units, batch_norm):
+    """``layer``, then ``norm(units)`` with batch norm, then a ReLU: the order
+    of skdigits' ``activated()``."""
+    from torch import nn
+
+    return [layer, *([norm(units)] if batch_norm else []), nn.ReLU()]

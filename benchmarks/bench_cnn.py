@@ -50,7 +50,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from _common import load_average, load_mnist, machine, peak_traced_mib
+from _common import load_average, load_mnist, machine, peak_traced_mib, torch_cnn
 from skdigits import NumpyCNNClassifier
 from skdigits.nn import Conv2D, Dense, conv
 
@@ -102,17 +102,9 @@ def torch_model(batch_norm=False):
     defaults have it (and batch norm before each hidden ReLU with
     ``batch_norm``), and its optimizer with the same L2 penalty."""
     import torch
-    from torch import nn
 
     torch.manual_seed(0)
-
-    def relu(norm, units):
-        return [norm(units), nn.ReLU()] if batch_norm else [nn.ReLU()]
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), *relu(nn.BatchNorm2d, 32), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), *relu(nn.BatchNorm2d, 64), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(0.25), nn.Linear(7 * 7 * 64, 128),
-        *relu(nn.BatchNorm1d, 128), nn.Dropout(0.5), nn.Linear(128, 10))
+    model = torch_cnn(batch_norm)
     # skdigits adds alpha * W / (rows in the batch) to the weights' gradients only.
     weights = [p for p in model.parameters() if p.ndim > 1]
     biases = [p for p in model.parameters() if p.ndim == 1]

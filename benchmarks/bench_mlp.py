@@ -41,7 +41,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits
 
-from _common import load_average, load_mnist, machine, peak_traced_mib, sgemm_gflops, timed
+from _common import (load_average, load_mnist, machine, peak_traced_mib, sgemm_gflops, timed,
+                     torch_mlp)
 from skdigits import NumpyMLPClassifier
 
 
@@ -81,10 +82,7 @@ class TorchMLP:
         torch.manual_seed(0)
         Xt = torch.from_numpy(X.astype(np.float32))
         yt = torch.from_numpy(y.astype(np.int64))
-        normalise = [torch.nn.BatchNorm1d(self.hidden)] if self.batch_norm else []
-        self.model = torch.nn.Sequential(torch.nn.Linear(X.shape[1], self.hidden),
-                                         *normalise, torch.nn.ReLU(),
-                                         torch.nn.Linear(self.hidden, int(y.max()) + 1))
+        self.model = torch_mlp(X.shape[1], self.hidden, int(y.max()) + 1, self.batch_norm)
         # Adam's weight_decay adds decay * w to the gradient. scikit-learn adds
         # alpha * w / (rows in the batch), to the weights only, not the biases.
         weights = [p for p in self.model.parameters() if p.ndim > 1]
@@ -191,13 +189,13 @@ def main(argv=None):
     use_torch = torch_available() and not args.no_torch
 
     for batch in args.batch_sizes:
-        p = dict(params(args.epochs, batch, args.hidden), batch_norm=args.batch_norm)
-        contenders = [("skdigits", lambda: NumpyMLPClassifier(**p))]
+        shared = params(args.epochs, batch, args.hidden)  # ours add batch_norm
+        ours = lambda: NumpyMLPClassifier(**shared, batch_norm=args.batch_norm)  # noqa: E731
+        contenders = [("skdigits", ours)]
         if args.one_thread:
-            contenders.append(("skdigits 1 thread", lambda: OneThread(NumpyMLPClassifier(**p))))
+            contenders.append(("skdigits 1 thread", lambda: OneThread(ours())))
         if not args.no_sklearn:
-            contenders.append(("sklearn",
-                               lambda: MLPClassifier(**params(args.epochs, batch, args.hidden))))
+            contenders.append(("sklearn", lambda: MLPClassifier(**shared)))
         if use_torch:
             contenders.append(("pytorch", lambda: TorchMLP(args.epochs, batch, args.hidden,
                                                            args.batch_norm)))
@@ -207,10 +205,11 @@ def main(argv=None):
                 warm_up = make() if turn == 0 else None
                 turns[name].append(run(name, make(), X, y, X_test, y_test, args.epochs, warm_up))
         results = [median_of_turns(turns[name]) for name, _ in contenders]
-        mem_epoch = dict(params(1, batch, args.hidden), batch_norm=args.batch_norm)
-        mems = {"skdigits": memory(lambda: NumpyMLPClassifier(**mem_epoch), X, y)}
+        one_epoch = params(1, batch, args.hidden)
+        mems = {"skdigits": memory(
+            lambda: NumpyMLPClassifier(**one_epoch, batch_norm=args.batch_norm), X, y)}
         if not args.no_sklearn:
-            mems["sklearn"] = memory(lambda: MLPClassifier(**params(1, batch, args.hidden)), X, y)
+            mems["sklearn"] = memory(lambda: MLPClassifier(**one_epoch), X, y)
         ref = {r["name"]: r for r in results}
         print(f"\n## batch {batch}")
         print(f"| model | s/epoch (median) | min-max | x sklearn | x pytorch | predict_proba s "

@@ -80,7 +80,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
-from _common import load_average, load_mnist, machine
+from _common import load_average, load_mnist, machine, torch_cnn, torch_mlp
 from skdigits import NumpyCNNClassifier, NumpyMLPClassifier
 from skdigits.nn import Dropout, Flatten
 from skdigits.training import LR_SCHEDULES, BatchSource
@@ -322,21 +322,10 @@ def torch_network(recipe, name):
     from torch import nn
 
     torch.manual_seed(recipe.seed)
-
-    def normalised(layer, units, norm):  # as skdigits' activated(): BatchNorm before the ReLU
-        return [layer, *([norm(units)] if recipe.batch_norm else []), nn.ReLU()]
     if name == "mlp":
-        model = nn.Sequential(*normalised(nn.Linear(784, recipe.hidden), recipe.hidden,
-                                          nn.BatchNorm1d),
-                              nn.Linear(recipe.hidden, 10))
-    else:
-        model = nn.Sequential(
-            nn.Unflatten(1, (1, 28, 28)),
-            *normalised(nn.Conv2d(1, 32, 3, padding=1), 32, nn.BatchNorm2d), nn.MaxPool2d(2),
-            *normalised(nn.Conv2d(32, 64, 3, padding=1), 64, nn.BatchNorm2d), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Dropout(0.25),
-            *normalised(nn.Linear(7 * 7 * 64, 128), 128, nn.BatchNorm1d),
-            nn.Dropout(0.5), nn.Linear(128, 10))
+        model = torch_mlp(784, recipe.hidden, 10, recipe.batch_norm)
+    else:  # rows of 784 pixels in, as skdigits takes them
+        model = nn.Sequential(nn.Unflatten(1, (1, 28, 28)), *torch_cnn(recipe.batch_norm))
     for layer in model:
         if isinstance(layer, (nn.Linear, nn.Conv2d)):  # He normal, as skdigits' "he"
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")

@@ -4,7 +4,9 @@ Use them by name, or for a whole module with
 ``pytestmark = pytest.mark.usefixtures("one_blas_thread")``.
 """
 
+import importlib.util
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -58,9 +60,6 @@ def benchmark_script():
 
 def _load_benchmark(name):
     """benchmarks/``name``.py as a module, its ``from _common import ...`` resolved."""
-    import importlib.util
-    import sys
-
     sys.path.insert(0, str(BENCHMARKS))
     try:
         spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")

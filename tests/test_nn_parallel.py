@@ -791,6 +791,13 @@ def test_batch_norm_cnn_fit_independent_of_blas_threads(always_shard, monkeypatc
     for calls in (calls_one, calls_two):  # sharded, the second shard on the helper
         assert sum(name.startswith("skdigits-shard") for name, _ in calls) == len(calls) // 2 > 0
     assert {blas for _, blas in calls_one + calls_two} == {1}
+    assert_same_fit((one, proba_one), (two, proba_two))
+
+
+def assert_same_fit(first, second):
+    """Two (fitted model, predict_proba) pairs with the same bits: epochs,
+    loss curve, parameters and running statistics, probabilities."""
+    (one, proba_one), (two, proba_two) = first, second
     assert one.n_iter_ == two.n_iter_ and one.loss_curve_ == two.loss_curve_
     for a, b in zip(one._network.state_arrays(), two._network.state_arrays()):
         assert np.array_equal(a, b)
@@ -990,8 +997,5 @@ def test_batch_norm_mlp_fit_independent_of_blas_threads(always_split_products, m
         helpers = sum(name.startswith("skdigits-shard") for name, _ in calls)
         assert calls and helpers == (0 if threads == 1 else len(calls) // 2)
         results.append((model, proba))
-    (one, proba_one), (two, proba_two) = results
-    assert one.n_iter_ == two.n_iter_ == 3 and one.loss_curve_ == two.loss_curve_
-    for a, b in zip(one._network.state_arrays(), two._network.state_arrays()):
-        assert np.array_equal(a, b)
-    assert np.array_equal(proba_one, proba_two)
+    assert results[0][0].n_iter_ == 3
+    assert_same_fit(*results)

@@ -176,8 +176,8 @@ class BatchNorm(Layer):
         Y += self.params["beta"]
         # One row says nothing about the spread: its variance of 0 would
         # drag the running variance (and so every prediction) towards 0.
-        whole_rows = rows.shape[0] if shard is None else shard.samples * self.positions
-        if informative and whole_rows > 1 and (shard is None or shard.keeps_state):
+        if informative and self._statistics_rows(rows.shape[0], shard) > 1 \
+                and (shard is None or shard.keeps_state):
             self._update_running_stats(mean, var)
         self._p, self._xhat, self._inv_std, self._shard = p, xhat, inv_std, shard
         return Y.reshape(X.shape)
@@ -215,7 +215,7 @@ class BatchNorm(Layer):
         """
         weights, shard = (None, None) if batch is None else (batch.weights, batch.shard)
         p = self._buffer("p", (n * self.positions,))
-        whole_rows = p.shape[0] if shard is None else shard.samples * self.positions
+        whole_rows = self._statistics_rows(p.shape[0], shard)
         if weights is None:
             p.fill(1.0 / whole_rows)
             return p, True
@@ -235,6 +235,11 @@ class BatchNorm(Layer):
             return p, False
         np.divide(weights[:, None], total * self.positions, out=p.reshape(n, self.positions))
         return p, True
+
+    def _statistics_rows(self, rows, shard):
+        """Rows the batch statistics span: this pass's ``rows``, or for a row
+        shard the whole batch's."""
+        return rows if shard is None else shard.samples * self.positions
 
     def _update_running_stats(self, mean, var):
         # In place: a replica and the original keep seeing the same arrays.
